@@ -1,0 +1,129 @@
+"""The Typer app, shared option types and the error boundary of every command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..errors import ConfigError, SupsupError
+
+app = typer.Typer(
+    name="supsup",
+    help=(
+        "Supermasks in Superposition: one network with fixed random weights (regenerated from a "
+        "seed), one bit-packed binary mask per task, task inference from data."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, highlight=False)
+_state = {"debug": False}
+
+StoreArg = Annotated[
+    Path, typer.Argument(help="Path of the mask store (a Zarr v3 directory).", show_default=False)
+]
+DataRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-root",
+        help="Folder with torchvision's MNIST (60k/10k); downloaded there when online. "
+        "Default: the 5,000 embedded real MNIST digits (4,000 train / 1,000 test).",
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="cpu, cuda, or auto (cuda when available).")
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout (machine output).")
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr.")
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of errors.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command whose SupsupError/OSError becomes one line on stderr and exit code 2."""
+
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def guarded(*args: Any, **kw: Any) -> Any:
+            try:
+                return function(*args, **kw)
+            except (SupsupError, OSError) as error:
+                if _state["debug"]:
+                    traceback.print_exc()
+                message = " ".join(str(error).split()) or type(error).__name__
+                console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+                raise typer.Exit(2) from None
+
+        return app.command(name, **kwargs)(guarded)
+
+    return register
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu, cuda or auto; asking for cuda without a GPU is a clear error, not a crash later."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available (use cpu or auto)")
+        return torch.device("cuda")
+    raise ConfigError(f"unknown device {name!r}; valid: cpu, cuda, auto")
+
+
+def emit_json(payload: Any) -> None:
+    """Machine output: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def say(message: str, quiet: bool = False) -> None:
+    """A human message on stderr (stdout stays clean for pipes)."""
+    if not quiet:
+        console.print(message, soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, quiet: bool) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; off with --quiet or when stderr is not a terminal."""
+    if quiet or not console.is_terminal:
+        yield lambda *args, **kwargs: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total, status="")
+
+        def advance(completed: int, status: str = "") -> None:
+            progress.update(task, completed=completed, status=status)
+
+        yield advance

@@ -1,0 +1,204 @@
+"""Data specs (`permuted:17`, `rotated:30`, `split:2`) and the image sources behind them.
+
+The default source is the embedded 5,000 real MNIST digits (assets/README.md), shuffled with a
+fixed seed and split 4,000 train / 1,000 test; `--data-root DIR` uses torchvision's full MNIST.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import torch
+
+from .errors import DataSpecError
+
+MNIST_MEAN: Final = 0.1307
+MNIST_STD: Final = 0.3081
+EMBEDDED_TRAIN: Final = 4_000
+EMBEDDED_SPLIT_SEED: Final = 0
+PERMUTATION_TAG: Final = 0x5045524D  # "PERM": keeps permutation streams apart from weight streams
+MAX_PERMUTATION_SEED: Final = 2**63 - 1
+SPLIT_TASKS: Final = 5
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Raw digits: uint8 images (n, 28, 28) and int64 labels, for train and test."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One task's normalised, transformed data: x (n, 784) float32, y (n,) int64."""
+
+    spec: str
+    classes: tuple[int, ...]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@functools.cache
+def embedded_source() -> ImageSource:
+    """The 5,000 embedded MNIST digits, shuffled with a fixed seed, 4,000 train / 1,000 test."""
+    with resources.files("supsup_cli.assets").joinpath("mnist-5k.npz").open("rb") as handle:
+        with np.load(handle, allow_pickle=False) as archive:
+            images, labels = archive["images"], archive["labels"].astype(np.int64)
+    order = np.random.Generator(np.random.PCG64(EMBEDDED_SPLIT_SEED)).permutation(len(labels))
+    images, labels = images[order], labels[order]
+    train, test = slice(0, EMBEDDED_TRAIN), slice(EMBEDDED_TRAIN, None)
+    return ImageSource(
+        "embedded-mnist-5k", images[train], labels[train], images[test], labels[test]
+    )
+
+
+@functools.cache
+def torchvision_source(root: Path) -> ImageSource:
+    """torchvision's MNIST (60,000 / 10,000) under `root`, downloaded there if absent and online."""
+    from torchvision.datasets import MNIST
+
+    def split(train: bool) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            dataset = MNIST(str(root), train=train, download=False)
+        except RuntimeError:
+            try:
+                dataset = MNIST(str(root), train=train, download=True)
+            except Exception as error:  # no network, unwritable root, ...
+                raise DataSpecError(
+                    f"MNIST not found under {root} and could not be downloaded ({error})"
+                ) from error
+        return dataset.data.numpy(), dataset.targets.numpy().astype(np.int64)
+
+    (train_x, train_y), (test_x, test_y) = split(True), split(False)
+    return ImageSource(f"torchvision-mnist:{root}", train_x, train_y, test_x, test_y)
+
+
+def image_source(data_root: Path | None) -> ImageSource:
+    """The embedded digits, or torchvision's MNIST when the user names a root."""
+    return embedded_source() if data_root is None else torchvision_source(Path(data_root).resolve())
+
+
+def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 28, 28) or float in [0, 1] -> float32 (n, 784), MNIST mean/std normalised."""
+    x = torch.as_tensor(images)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return ((x - MNIST_MEAN) / MNIST_STD).reshape(len(x), -1)
+
+
+def pixel_permutation(seed: int) -> torch.Tensor:
+    """The pixel order of `permuted:seed`: argsort of 784 raw Philox words (0 is the identity)."""
+    if seed == 0:
+        return torch.arange(784)
+    words = np.random.Philox(np.random.SeedSequence([seed, PERMUTATION_TAG])).random_raw(784)
+    return torch.from_numpy(np.argsort(words, kind="stable"))
+
+
+@dataclass(frozen=True)
+class SpecKind:
+    """One form of data spec: how to parse its argument and build its task."""
+
+    name: str
+    form: str
+    pattern: str
+    build: Callable[
+        [ImageSource, str],
+        tuple[
+            tuple[int, ...], Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+        ],
+    ]
+
+
+def _permuted(source: ImageSource, argument: str):  # noqa: ARG001
+    seed = int(argument)
+    if seed > MAX_PERMUTATION_SEED:
+        raise DataSpecError(f"permutation seed must be at most {MAX_PERMUTATION_SEED}")
+    order = pixel_permutation(seed)
+
+    def transform(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return normalise(images)[:, order], torch.as_tensor(labels)
+
+    return tuple(range(10)), transform
+
+
+def _rotated(source: ImageSource, argument: str):  # noqa: ARG001
+    from torchvision.transforms.functional import InterpolationMode, rotate
+
+    degrees = float(argument)
+
+    def transform(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.as_tensor(images).float().unsqueeze(1) / 255.0  # (n, 1, 28, 28)
+        x = rotate(x, degrees, interpolation=InterpolationMode.BILINEAR, fill=[0.0])
+        return normalise(x.squeeze(1)), torch.as_tensor(labels)
+
+    return tuple(range(10)), transform
+
+
+def _split(source: ImageSource, argument: str):  # noqa: ARG001
+    index = int(argument)
+    if not 0 <= index < SPLIT_TASKS:
+        raise DataSpecError(
+            f"split:I takes I in 0..{SPLIT_TASKS - 1} (digits 2I and 2I+1), got {index}"
+        )
+    classes = (2 * index, 2 * index + 1)
+
+    def transform(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = np.isin(labels, classes)
+        return normalise(images[keep]), torch.as_tensor(labels[keep])
+
+    return classes, transform
+
+
+SPEC_KINDS: Final = {
+    kind.name: kind
+    for kind in (
+        SpecKind(
+            "permuted",
+            "permuted:N (pixel permutation from seed N >= 0; 0 is the identity)",
+            r"\d+",
+            _permuted,
+        ),
+        SpecKind(
+            "rotated", "rotated:DEG (images rotated by DEG degrees)", r"-?\d+(\.\d+)?", _rotated
+        ),
+        SpecKind(
+            "split", f"split:I (digits 2I and 2I+1, I in 0..{SPLIT_TASKS - 1})", r"\d+", _split
+        ),
+    )
+}
+
+
+def valid_forms() -> str:
+    return "; ".join(kind.form for kind in SPEC_KINDS.values())
+
+
+def canonical_spec(spec: str) -> tuple[str, str]:
+    """Validate a spec's syntax; return (kind, argument) or raise one helpful DataSpecError."""
+    kind_name, _, argument = spec.strip().partition(":")
+    kind = SPEC_KINDS.get(kind_name)
+    if kind is None or not re.fullmatch(kind.pattern, argument):
+        raise DataSpecError(f"invalid data spec {spec!r}; valid forms: {valid_forms()}")
+    return kind_name, argument
+
+
+@functools.lru_cache(maxsize=8)
+def load_task(spec: str, data_root: Path | None = None) -> TaskData:
+    """Build one task's train and test tensors from its spec."""
+    kind_name, argument = canonical_spec(spec)
+    source = image_source(data_root)
+    classes, transform = SPEC_KINDS[kind_name].build(source, argument)
+    train_x, train_y = transform(source.train_images, source.train_labels)
+    test_x, test_y = transform(source.test_images, source.test_labels)
+    return TaskData(f"{kind_name}:{argument}", classes, train_x, train_y, test_x, test_y)

@@ -1,0 +1,114 @@
+"""Supermasks: per-weight scores turned into binary masks with a straight-through gradient.
+
+`density` is always the fraction of weights KEPT (never "sparsity" or "prune rate").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+MASK_RULES: Final = ("topk", "sign")
+
+
+def kept_count(numel: int, density: float) -> int:
+    """How many weights a top-k mask keeps in one mask site: max(1, round(density * numel))."""
+    return max(1, round(density * numel))
+
+
+class _TopKStraightThrough(torch.autograd.Function):
+    """Mask of the largest `kept` values; backward passes the gradient through unchanged."""
+
+    @staticmethod
+    def forward(ctx, magnitudes: torch.Tensor, kept: int) -> torch.Tensor:  # noqa: ARG004
+        flat = magnitudes.flatten()
+        mask = torch.zeros_like(flat)
+        mask[flat.topk(kept, sorted=False).indices] = 1.0
+        return mask.view_as(magnitudes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ARG004
+        return grad, None
+
+
+class _SignStraightThrough(torch.autograd.Function):
+    """Mask 1[score >= 0]; backward passes the gradient through unchanged."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return (scores >= 0).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return grad
+
+
+def check_rule(rule: str, density: float | None) -> None:
+    """Validate a mask rule and its density (top-k needs a density in (0, 1])."""
+    if rule not in MASK_RULES:
+        raise ConfigError(f"unknown mask rule {rule!r}; valid rules: {', '.join(MASK_RULES)}")
+    if rule == "topk" and (density is None or not 0.0 < density <= 1.0):
+        raise ConfigError(
+            f"density must be in (0, 1] (the fraction of weights kept), got {density}"
+        )
+
+
+def scores_to_mask(scores: torch.Tensor, rule: str, density: float | None) -> torch.Tensor:
+    """Binary float mask of one site; gradients reach the scores straight through (and |.|)."""
+    if rule == "sign":
+        return _SignStraightThrough.apply(scores)
+    # Autograd through abs() multiplies the straight-through gradient by sign(score); without
+    # it a negative score would be pushed the wrong way and training stays at chance.
+    return _TopKStraightThrough.apply(scores.abs(), kept_count(scores.numel(), density))
+
+
+def kaiming_uniform_scores(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Initial scores: Kaiming uniform with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    fan_in = shape[1] if len(shape) > 1 else shape[0]
+    bound = 1.0 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound, generator=generator)
+
+
+def split_flat(flat: torch.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Cut a flat (D,) vector into one tensor per mask site, in network order."""
+    sizes = [math.prod(s) for s in shapes]
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
+
+
+def bits_to_masks(
+    bits: np.ndarray, shapes: Sequence[tuple[int, ...]], device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
+    """Float 0/1 masks, one per site, from a flat (D,) array of mask bits."""
+    flat = torch.from_numpy(np.ascontiguousarray(bits, dtype=np.float32)).to(device)
+    return split_flat(flat, shapes)
+
+
+class ScoreMasks(nn.Module):
+    """The trainable part of one task: one score tensor per mask site, turned into masks."""
+
+    def __init__(self, scores: Sequence[torch.Tensor], rule: str, density: float | None) -> None:
+        super().__init__()
+        check_rule(rule, density)
+        self.rule = rule
+        self.density = density
+        self.scores = nn.ParameterList(nn.Parameter(s.clone()) for s in scores)
+
+    def forward(self) -> list[torch.Tensor]:
+        return [scores_to_mask(s, self.rule, self.density) for s in self.scores]
+
+    @torch.no_grad()
+    def mask_bits(self) -> np.ndarray:
+        """The learned mask as a flat (D,) bool array, sites concatenated in network order."""
+        return torch.cat([m.flatten() for m in self()]).cpu().numpy().astype(bool)
+
+    @torch.no_grad()
+    def flat_scores(self) -> torch.Tensor:
+        """All raw scores as one (D,) float32 CPU vector (for the store's transfer sum)."""
+        return torch.cat([s.detach().flatten() for s in self.scores]).float().cpu()

@@ -1,0 +1,290 @@
+"""Learning one task's supermask by edge-popup (weights fixed), and evaluating a mask."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import TaskData, load_task
+from .errors import ConfigError, StoreError, StoreMismatchError
+from .nets import NetConfig, build_net
+from .store import MaskStore, TaskRecord
+from .supermask import ScoreMasks, bits_to_masks, check_rule, kaiming_uniform_scores, split_flat
+
+DEFAULT_ARCH: Final = "lenet-300-100"
+DEFAULT_OUTPUTS: Final = 10
+DEFAULT_DENSITY: Final = 0.5
+SCORES_TAG: Final = 0x53434F52  # "SCOR": keeps score-init seeds apart from other streams
+MAX_BATCHES: Final = 10_000_000
+MAX_BATCH_SIZE: Final = 65_536
+
+ProgressCallback = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one mask is trained (recorded with the task, so the store says how it was made)."""
+
+    lr: float = 1e-4
+    batch_size: int = 128
+    batches: int = 1000
+    transfer: bool = False
+    init_seed: int = 0
+    optimizer: str = "rmsprop"
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f"batch size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
+        if not 1 <= self.batches <= MAX_BATCHES:
+            raise ConfigError(f"batches must be in [1, {MAX_BATCHES}], got {self.batches}")
+        if self.optimizer != "rmsprop":
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: rmsprop")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A learned mask (flat bits, network order), its raw scores and its test accuracy."""
+
+    mask_bits: np.ndarray
+    flat_scores: torch.Tensor
+    accuracy: float
+    final_loss: float
+    seconds: float
+
+
+def initial_scores(
+    shapes: Sequence[tuple[int, ...]], init_seed: int, transfer_mean: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """Kaiming-uniform scores, or (transfer) the mean raw scores of the earlier tasks."""
+    if transfer_mean is not None:
+        return [s.clone() for s in split_flat(transfer_mean.float(), shapes)]
+    generator = torch.Generator().manual_seed(init_seed)
+    return [kaiming_uniform_scores(shape, generator) for shape in shapes]
+
+
+def train_mask(
+    net: nn.Module,
+    data: TaskData,
+    rule: str,
+    density: float | None,
+    config: TrainConfig,
+    scores: Sequence[torch.Tensor],
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Edge-popup: RMSprop on the scores, cross-entropy through the straight-through mask."""
+    started = time.perf_counter()
+    masks = ScoreMasks(scores, rule, density).to(device)
+    optimizer = torch.optim.RMSprop(masks.parameters(), lr=config.lr)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    generator = torch.Generator().manual_seed(config.init_seed)
+    order, cursor, loss_value = torch.randperm(len(train_x), generator=generator), 0, float("nan")
+    for step in range(config.batches):
+        if cursor + config.batch_size > len(order):  # new epoch: reshuffle
+            order, cursor = torch.randperm(len(train_x), generator=generator), 0
+        index = order[cursor : cursor + config.batch_size].to(device)
+        cursor += config.batch_size
+        loss = F.cross_entropy(net(train_x[index], masks()), train_y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress is not None:
+            loss_value = loss.item()
+            progress(step + 1, loss_value)
+    if progress is None:
+        loss_value = loss.item()
+    with torch.no_grad():
+        final = [m.detach() for m in masks()]
+    accuracy = evaluate(net, final, data.test_x, data.test_y, data.classes, device)
+    return TrainResult(
+        masks.mask_bits(), masks.flat_scores(), accuracy, loss_value, time.perf_counter() - started
+    )
+
+
+@torch.no_grad()
+def predict(
+    net: nn.Module,
+    masks: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    classes: Sequence[int],
+    device: torch.device | str = "cpu",
+    chunk: int = 2048,
+) -> torch.Tensor:
+    """Predicted class of each row of x (n, 784), argmax restricted to the task's classes."""
+    allowed = torch.as_tensor(list(classes), device=device)
+    predictions = [
+        allowed[net(part.to(device), masks)[:, allowed].argmax(dim=1)].cpu()
+        for part in x.split(chunk)
+    ]
+    return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.int64)
+
+
+def evaluate(
+    net: nn.Module,
+    masks: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: Sequence[int],
+    device: torch.device | str = "cpu",
+) -> float:
+    """Accuracy (0..1) of a mask on labelled data with the task given (scenario GG)."""
+    if len(y) == 0:
+        raise ConfigError("no test examples to evaluate")
+    return (predict(net, masks, x, classes, device) == y.cpu()).float().mean().item()
+
+
+@dataclass(frozen=True)
+class CreationOptions:
+    """Options that make a new store; None means 'not given' (keep the store's, or the default)."""
+
+    arch: str | None = None
+    outputs: int | None = None
+    seed: int | None = None
+    mask_rule: str | None = None
+    density: float | None = None
+
+    def new_store_settings(self) -> tuple[NetConfig, str, float | None]:
+        """The network, mask rule and density of a store made with these options."""
+        rule = self.mask_rule or "topk"
+        if rule == "sign" and self.density is not None:
+            raise ConfigError("--density applies to the topk rule only (sign keeps score >= 0)")
+        density = (
+            (DEFAULT_DENSITY if self.density is None else self.density) if rule == "topk" else None
+        )
+        check_rule(rule, density)
+        net = NetConfig(self.arch or DEFAULT_ARCH, self.outputs or DEFAULT_OUTPUTS, self.seed or 0)
+        return net, rule, density
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What train-task did: the task record, the training result, whether it made the store."""
+
+    record: TaskRecord
+    result: TrainResult
+    created_store: bool
+    mask_bytes: int
+
+
+def score_init_seed(store_seed: int, task_index: int) -> int:
+    """A reproducible, per-task seed for the initial scores (kept in the task's training record)."""
+    state = np.random.SeedSequence([store_seed, task_index, SCORES_TAG]).generate_state(
+        1, np.uint64
+    )
+    return int(state[0] >> np.uint64(1))
+
+
+def train_task(
+    store_path: Path,
+    spec: str,
+    options: CreationOptions,
+    config: TrainConfig,
+    data_root: Path | None = None,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+) -> TaskOutcome:
+    """Learn one mask on a data spec and append it, creating the store first if absent.
+
+    Everything is validated before training, and the store is written only after training, so a
+    bad option or an interrupted run leaves the store as it was.
+    """
+    if MaskStore.exists(store_path):
+        store = MaskStore.open(store_path, writable=False)
+        store.check_compatible(**asdict(options))
+        net_config, rule, density = store.net, store.header.mask_rule, store.header.density
+        first_index, transfer_mean = store.task_count, store.score_mean()
+    else:
+        if store_path.exists() and not store_path.is_dir():
+            raise StoreError(f"{store_path}: exists and is not a directory")
+        net_config, rule, density = options.new_store_settings()
+        first_index, transfer_mean = 0, None
+    data = load_task(spec, data_root)
+    check_classes(data.classes, net_config)
+    config = replace(config, init_seed=score_init_seed(net_config.seed, first_index))
+    net = build_net(net_config, device)
+    scores = initial_scores(
+        net_config.mask_shapes, config.init_seed, transfer_mean if config.transfer else None
+    )
+    result = train_mask(net, data, rule, density, config, scores, device, progress)
+    created = not MaskStore.exists(store_path)
+    store = (
+        MaskStore.create(store_path, net_config, rule, density)
+        if created
+        else MaskStore.open(store_path, True)
+    )
+    record = store.append_task(
+        result.mask_bits,
+        result.flat_scores,
+        data=data.spec,
+        classes=data.classes,
+        accuracy=result.accuracy,
+        train=config.to_dict(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        seconds=round(result.seconds, 3),
+    )
+    return TaskOutcome(record, result, created, store.header.mask_bytes)
+
+
+def check_classes(classes: Sequence[int], net: NetConfig) -> None:
+    """A task's classes must be outputs of the network."""
+    if max(classes) >= net.outputs:
+        raise StoreMismatchError(
+            f"the data has classes up to {max(classes)} but the network has {net.outputs} outputs"
+        )
+
+
+def find_task(store: MaskStore, spec: str | None, task: int | None) -> int:
+    """The task to use: given by index, or the single task trained on the data spec."""
+    if task is not None:
+        store.task(task)  # range check
+        return task
+    if spec is None:
+        raise ConfigError("give --task or --data")
+    matches = [r.index for r in store.tasks() if r.data == spec]
+    if len(matches) != 1:
+        found = "no task" if not matches else f"{len(matches)} tasks ({matches})"
+        raise ConfigError(f"{found} in the store trained on {spec}; choose one with --task")
+    return matches[0]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy of one stored mask on one data spec's test split, task given (GG)."""
+
+    task: int
+    data: str
+    accuracy: float
+    examples: int
+
+
+def evaluate_task(
+    store_path: Path,
+    spec: str | None,
+    task: int | None,
+    data_root: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> Evaluation:
+    """Test accuracy of a stored task's mask (by index, or found by data spec)."""
+    store = MaskStore.open(store_path)
+    index = find_task(store, spec, task)
+    record = store.task(index)
+    data = load_task(spec or record.data, data_root)
+    net = build_net(store.net, device)
+    masks = bits_to_masks(store.read_mask(index), store.net.mask_shapes, device)
+    classes = record.classes
+    accuracy = evaluate(net, masks, data.test_x, data.test_y, classes, device)
+    return Evaluation(index, data.spec, accuracy, len(data.test_y))
