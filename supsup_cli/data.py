@@ -202,3 +202,39 @@ def load_task(spec: str, data_root: Path | None = None) -> TaskData:
     train_x, train_y = transform(source.train_images, source.train_labels)
     test_x, test_y = transform(source.test_images, source.test_labels)
     return TaskData(f"{kind_name}:{argument}", classes, train_x, train_y, test_x, test_y)
+
+
+MAX_SPEC_LIST: Final = 100_000
+_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?::(\d+))?")
+_KIND = re.compile(r"[A-Za-z_][\w-]*")
+
+
+def expand_specs(text: str) -> list[str]:
+    """A spec list -> single specs, in order: `permuted:1..250`, `permuted:1,3,5`,
+    `rotated:0..350:10` (step 10), `split:0,permuted:4`. An item without `kind:` keeps the
+    previous item's kind; ranges are inclusive integer ranges with an optional positive step."""
+    specs: list[str] = []
+    kind = ""
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            raise DataSpecError(f"empty item in the data spec list {text!r}")
+        head, colon, rest = item.partition(":")
+        if colon and _KIND.fullmatch(head.strip()):
+            kind, item = head.strip(), rest.strip()
+        if not kind:
+            raise DataSpecError(f"{item!r} in {text!r} has no kind; valid forms: {valid_forms()}")
+        match = _RANGE.fullmatch(item)
+        if match is None:
+            specs.append("{}:{}".format(*canonical_spec(f"{kind}:{item}")))
+            continue
+        start, stop, step = int(match[1]), int(match[2]), int(match[3] or 1)
+        if step < 1 or stop < start:
+            raise DataSpecError(
+                f"range {item!r} must go up with a step >= 1 (e.g. 1..250 or 0..350:10)"
+            )
+        if len(specs) + (stop - start) // step + 1 > MAX_SPEC_LIST:
+            raise DataSpecError(f"{text!r} names more than {MAX_SPEC_LIST:,} tasks")
+        for value in range(start, stop + 1, step):
+            specs.append("{}:{}".format(*canonical_spec(f"{kind}:{value}")))
+    return specs
