@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
+import torch
 
 
 def packed_bytes(mask_bits: int) -> int:
@@ -24,3 +27,105 @@ def padding_is_zero(packed: np.ndarray, mask_bits: int) -> bool:
     """Whether the unused low bits of the last byte are zero, as the format requires."""
     spare = packed_bytes(mask_bits) * 8 - mask_bits
     return spare == 0 or not np.any(packed[..., -1] & ((1 << spare) - 1))
+
+
+# -- products of packed masks (k, ceil(D/8)) with vectors, one block of unpacked bits at a time --
+
+PRODUCT_BLOCK_BITS: Final = 1 << 22  # unpacked elements per block: 4 Mi bits -> 16 MiB as float32
+
+
+def _block_plan(rows: int, nbytes: int) -> tuple[int, int]:
+    """Rows and bytes per block so that one unpacked float block stays near PRODUCT_BLOCK_BITS."""
+    block_bytes = max(1, min(nbytes, PRODUCT_BLOCK_BITS // 8))
+    block_rows = max(1, min(rows, PRODUCT_BLOCK_BITS // (8 * block_bytes)))
+    return block_rows, block_bytes
+
+
+def _check_packed(packed: np.ndarray, mask_bits: int) -> None:
+    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != packed_bytes(mask_bits):
+        raise ValueError(
+            f"packed masks must be uint8 (k, {packed_bytes(mask_bits)}), got "
+            f"{packed.dtype} {packed.shape}"
+        )
+
+
+def packed_matmul(packed: np.ndarray, matrix: np.ndarray, mask_bits: int) -> np.ndarray:
+    """Mask bits times a matrix without unpacking all masks: (k, B) x (D,) or (D, m) -> (k, ...).
+
+    float32 result; memory is the packed masks plus one unpacked block (PRODUCT_BLOCK_BITS).
+    """
+    _check_packed(packed, mask_bits)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if matrix.shape[0] != mask_bits:
+        raise ValueError(f"matrix has {matrix.shape[0]} rows, the masks have {mask_bits} bits")
+    rows, nbytes = packed.shape
+    out = np.zeros((rows, *matrix.shape[1:]), dtype=np.float32)
+    block_rows, block_bytes = _block_plan(rows, nbytes)
+    for c0 in range(0, nbytes, block_bytes):
+        c1 = min(nbytes, c0 + block_bytes)
+        d0, d1 = 8 * c0, min(8 * c1, mask_bits)
+        part = matrix[d0:d1]  # (b,) or (b, m)
+        for r0 in range(0, rows, block_rows):
+            chunk = packed[r0 : r0 + block_rows, c0:c1]
+            bits = np.unpackbits(chunk, axis=1, count=d1 - d0, bitorder="big")  # (r, b)
+            out[r0 : r0 + block_rows] += bits.astype(np.float32) @ part
+    return out
+
+
+def packed_rmatvec(packed: np.ndarray, weights: np.ndarray, mask_bits: int) -> np.ndarray:
+    """Weighted sum of the masks, Σ_i w_i M_i -> float32 (D,) (subset sums with 0/1 weights)."""
+    _check_packed(packed, mask_bits)
+    weights = np.ascontiguousarray(weights, dtype=np.float32).ravel()
+    if weights.shape[0] != packed.shape[0]:
+        raise ValueError(f"{weights.shape[0]} weights for {packed.shape[0]} masks")
+    rows, nbytes = packed.shape
+    out = np.zeros(mask_bits, dtype=np.float32)
+    block_rows, block_bytes = _block_plan(rows, nbytes)
+    for c0 in range(0, nbytes, block_bytes):
+        c1 = min(nbytes, c0 + block_bytes)
+        d0, d1 = 8 * c0, min(8 * c1, mask_bits)
+        for r0 in range(0, rows, block_rows):
+            chunk = packed[r0 : r0 + block_rows, c0:c1]
+            bits = np.unpackbits(chunk, axis=1, count=d1 - d0, bitorder="big")  # (r, b)
+            out[d0:d1] += weights[r0 : r0 + block_rows] @ bits.astype(np.float32)
+    return out
+
+
+_SHIFTS: Final = (7, 6, 5, 4, 3, 2, 1, 0)  # most significant bit first, as np.packbits
+
+
+def unpack_torch(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """uint8 (r, b) on any device -> float32 (r, count) bits, unpacked where the tensor lives."""
+    shifts = torch.tensor(_SHIFTS, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1  # (r, b, 8)
+    return bits.reshape(packed.shape[0], -1)[:, :count].float()
+
+
+def packed_matmul_torch(packed: torch.Tensor, matrix: torch.Tensor, mask_bits: int) -> torch.Tensor:
+    """packed_matmul on the tensors' device (the CUDA path): (k, B) x (D,) or (D, m)."""
+    rows, nbytes = packed.shape
+    out = torch.zeros((rows, *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
+    block_rows, block_bytes = _block_plan(rows, nbytes)
+    for c0 in range(0, nbytes, block_bytes):
+        c1 = min(nbytes, c0 + block_bytes)
+        d0, d1 = 8 * c0, min(8 * c1, mask_bits)
+        for r0 in range(0, rows, block_rows):
+            bits = unpack_torch(packed[r0 : r0 + block_rows, c0:c1], d1 - d0)  # (r, b)
+            out[r0 : r0 + block_rows] += bits @ matrix[d0:d1].float()
+    return out
+
+
+def packed_rmatvec_torch(
+    packed: torch.Tensor, weights: torch.Tensor, mask_bits: int
+) -> torch.Tensor:
+    """packed_rmatvec on the tensors' device: Σ_i w_i M_i -> float32 (D,)."""
+    rows, nbytes = packed.shape
+    out = torch.zeros(mask_bits, dtype=torch.float32, device=weights.device)
+    block_rows, block_bytes = _block_plan(rows, nbytes)
+    for c0 in range(0, nbytes, block_bytes):
+        c1 = min(nbytes, c0 + block_bytes)
+        d0, d1 = 8 * c0, min(8 * c1, mask_bits)
+        for r0 in range(0, rows, block_rows):
+            bits = unpack_torch(packed[r0 : r0 + block_rows, c0:c1], d1 - d0)  # (r, b)
+            out[d0:d1] += weights[r0 : r0 + block_rows].float() @ bits
+    return out
