@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -25,6 +26,7 @@ from .bits import (
     packed_rmatvec_torch,
     unpack_mask,
 )
+from .data import load_task
 from .errors import ConfigError
 from .nets import NetConfig, build_net
 from .store import MaskStore
@@ -32,9 +34,10 @@ from .supermask import bits_to_masks, split_flat
 from .train import predict
 
 PER_MODES: Final = ("batch", "image")
-PER_IMAGE_CHUNK: Final = (
-    64  # images whose per-example gradients (chunk x D floats) are held at once
-)
+MAX_QUERY_BATCH: Final = 65_536
+MAX_TRIALS: Final = 1_000_000
+# Images whose per-example gradients (chunk x D floats) are held at once.
+PER_IMAGE_CHUNK: Final = 64
 
 
 # -- objectives ---------------------------------------------------------------------------------
@@ -110,6 +113,7 @@ class MaskBank:
     task_classes: tuple[tuple[int, ...], ...]
     device: torch.device
     packed_on_device: torch.Tensor | None = None  # (k, ceil(D/8)) uint8 on a non-CPU device
+    task_specs: tuple[str, ...] = ()  # the data spec each task was trained on, when known
 
     @property
     def task_count(self) -> int:
@@ -124,12 +128,14 @@ class MaskBank:
         """Load the committed tasks of a store (checksums checked by the store)."""
         if store.task_count == 0:
             raise ConfigError(f"{store.path}: the store holds no tasks; train one first")
+        records = store.tasks()
         return cls.from_packed(
             store.net,
             store.read_packed(),
-            [r.classes for r in store.tasks()],
+            [r.classes for r in records],
             counts=store.mask_counts(),
             device=device,
+            task_specs=[r.data for r in records],
         )
 
     @classmethod
@@ -141,6 +147,7 @@ class MaskBank:
         *,
         counts: np.ndarray | None = None,
         device: torch.device | str = "cpu",
+        task_specs: Sequence[str] = (),
     ) -> MaskBank:
         """A bank from packed masks in memory; counts are summed from the bits when not given."""
         device = torch.device(device)
@@ -158,6 +165,7 @@ class MaskBank:
             tuple(tuple(int(c) for c in classes) for classes in task_classes),
             device,
             on_device,
+            tuple(task_specs),
         )
 
     def superfluous(self) -> torch.Tensor:
@@ -503,3 +511,86 @@ def classify(bank: MaskBank, x: torch.Tensor, tasks: np.ndarray) -> torch.Tensor
             bank.device,
         )
     return predictions
+
+
+# -- scoring inference on labelled data specs ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpecScore:
+    """How inference did on one data spec's test split, task unknown (scenario GNu)."""
+
+    data: str
+    true_tasks: tuple[int, ...]  # stored tasks trained on this spec (empty: none)
+    decisions: int  # batches (per batch) or images (per image) decided
+    correct_decisions: int  # decisions naming one of the true tasks
+    images: int
+    correct_classes: int  # images classified right with the inferred task's mask
+
+    @property
+    def task_accuracy(self) -> float | None:
+        return self.correct_decisions / self.decisions if self.true_tasks else None
+
+    @property
+    def class_accuracy(self) -> float:
+        return self.correct_classes / self.images
+
+
+ProgressCallback = Callable[[int, int], None]  # (batches done, batches in all)
+
+
+def score_specs(
+    bank: MaskBank,
+    specs: Sequence[str],
+    *,
+    batch: int = 128,
+    trials: int = 0,
+    seed: int = 0,
+    method: str = "one-shot",
+    objective: str = "H",
+    per: str = "batch",
+    data_root: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[SpecScore]:
+    """Infer the task of test batches of each spec and compare with the task trained on it.
+
+    trials = 0 walks the test split in consecutive batches; trials > 0 draws that many random
+    batches of `batch` distinct images (seeded, so runs repeat).
+    """
+    if not 1 <= batch <= MAX_QUERY_BATCH:
+        raise ConfigError(f"batch must be in [1, {MAX_QUERY_BATCH}], got {batch}")
+    if not 0 <= trials <= MAX_TRIALS:
+        raise ConfigError(f"trials must be in [0, {MAX_TRIALS}], got {trials}")
+    tasks = [load_task(spec, data_root) for spec in specs]
+    plans = [_batches(len(t.test_y), batch, trials, seed + i) for i, t in enumerate(tasks)]
+    total, done = sum(len(p) for p in plans), 0
+    scores = []
+    for data, plan in zip(tasks, plans, strict=True):
+        true = tuple(i for i, spec in enumerate(bank.task_specs) if spec == data.spec)
+        decisions = correct_decisions = images = correct_classes = 0
+        for index in plan:
+            result = infer_task(
+                bank, data.test_x[index], method=method, objective=objective, per=per
+            )
+            picked = result.tasks[:1] if per == "batch" else result.tasks
+            decisions += len(picked)
+            correct_decisions += int(np.isin(picked, true).sum())
+            images += len(index)
+            correct_classes += int((result.predictions == data.test_y[index].numpy()).sum())
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        scores.append(
+            SpecScore(data.spec, true, decisions, correct_decisions, images, correct_classes)
+        )
+    return scores
+
+
+def _batches(count: int, batch: int, trials: int, seed: int) -> list[torch.Tensor]:
+    if count == 0:
+        raise ConfigError("the data spec has no test images")
+    if trials == 0:
+        return list(torch.arange(count).split(batch))
+    generator = np.random.Generator(np.random.PCG64(seed))
+    size = min(batch, count)
+    return [torch.from_numpy(generator.choice(count, size, replace=False)) for _ in range(trials)]

@@ -1,6 +1,9 @@
 """Command-line interface: parses options, calls one library function, renders the result."""
 
-from . import store_commands  # noqa: F401  (registers its commands)
+from . import (  # noqa: F401  (importing a module registers its commands)
+    infer_commands,
+    store_commands,
+)
 from .app import app
 
 

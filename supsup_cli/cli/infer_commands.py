@@ -1,0 +1,196 @@
+"""`supsup infer`: which task is this? Task inference on unlabelled images or data-spec batches."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from ..data import expand_specs
+from ..errors import ConfigError
+from ..inputs import read_inputs
+from ..store import MaskStore
+from ..taskid import (
+    METHODS,
+    OBJECTIVES,
+    PER_MODES,
+    MaskBank,
+    SpecScore,
+    infer_task,
+    score_specs,
+)
+from .app import (
+    DataRootOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    StoreArg,
+    command,
+    emit_json,
+    progress_bar,
+    resolve_device,
+    say,
+)
+
+
+def _choices(registry: dict) -> str:
+    return "; ".join(f"{name}: {entry.help}" for name, entry in registry.items())
+
+
+@command("infer")
+def infer(
+    store: StoreArg,
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="Unlabelled images: a folder of PNG/JPEG digits, an image, a .npy array "
+            "(n, 28, 28), or '-' to read paths from stdin. Omit it to use --data.",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Labelled test batches instead of images: a data spec or list "
+            "(permuted:3, permuted:1..5); reports task-id and class accuracy.",
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help=f"How to infer the task. {_choices(METHODS)}.")
+    ] = "one-shot",
+    objective: Annotated[
+        str, typer.Option("--objective", help=f"What to minimise. {_choices(OBJECTIVES)}.")
+    ] = "H",
+    per: Annotated[
+        str,
+        typer.Option(
+            "--per", help="batch: one task for each batch; image: a task for every image."
+        ),
+    ] = "batch",
+    batch: Annotated[int, typer.Option("--batch", help="Images per inference batch.", min=1)] = 128,
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials",
+            help="With --data: this many random test batches per spec (0: walk the whole "
+            "test split in consecutive batches).",
+            min=0,
+        ),
+    ] = 0,
+    trial_seed: Annotated[
+        int, typer.Option("--trial-seed", help="Seed of the random test batches of --trials.")
+    ] = 0,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="Report unreadable files on stderr and go on."),
+    ] = False,
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "cpu",
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Infer the task of unlabelled images (JSON lines: file, task, class, confidence) or score
+    task inference on labelled data specs."""
+    if (source is None) == (data is None):
+        raise ConfigError("give either images (a folder, file or '-') or --data, not both")
+    if per not in PER_MODES:
+        raise ConfigError(f"unknown --per {per!r}; valid: {', '.join(PER_MODES)}")
+    bank = MaskBank.from_store(MaskStore.open(store), resolve_device(device))
+    if data is not None:
+        specs = expand_specs(data)
+        with progress_bar("inferring (%)", 100, quiet) as advance:
+            scores = score_specs(
+                bank,
+                specs,
+                batch=batch,
+                trials=trials,
+                seed=trial_seed,
+                method=method,
+                objective=objective,
+                per=per,
+                data_root=data_root,
+                progress=lambda done, total: advance(100 * done // total, f"batch {done}/{total}"),
+            )
+        _render_scores(str(store), scores, method, objective, per, json_out)
+        return
+    images = read_inputs(
+        source,
+        stdin=sys.stdin,
+        skip_bad=skip_bad,
+        on_skip=lambda name, reason: say(f"[yellow]skipped[/] {reason}", quiet),
+    )
+    for start in range(0, len(images.names), batch):
+        result = infer_task(
+            bank,
+            images.x[start : start + batch],
+            method=method,
+            objective=objective,
+            per=per,
+        )
+        lines = [
+            json.dumps(
+                {
+                    "file": name,
+                    "task": int(task),
+                    "class": int(label),
+                    "confidence": round(float(confidence), 6),
+                }
+            )
+            for name, task, label, confidence in zip(
+                images.names[start : start + batch],
+                result.tasks,
+                result.predictions,
+                result.confidences,
+                strict=True,
+            )
+        ]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+
+def _render_scores(
+    store: str, scores: list[SpecScore], method: str, objective: str, per: str, json_out: bool
+) -> None:
+    decisions = sum(s.decisions for s in scores if s.true_tasks)
+    correct = sum(s.correct_decisions for s in scores if s.true_tasks)
+    images = sum(s.images for s in scores)
+    summary = {
+        "store": store,
+        "method": method,
+        "objective": objective,
+        "per": per,
+        "task_accuracy": correct / decisions if decisions else None,
+        "class_accuracy": sum(s.correct_classes for s in scores) / images,
+        "decisions": decisions,
+        "images": images,
+        "specs": [
+            {
+                "data": s.data,
+                "true_tasks": list(s.true_tasks),
+                "decisions": s.decisions,
+                "task_accuracy": s.task_accuracy,
+                "class_accuracy": s.class_accuracy,
+                "images": s.images,
+            }
+            for s in scores
+        ],
+    }
+    if json_out:
+        emit_json(summary)
+        return
+    for s in scores:
+        task = "no stored task" if s.task_accuracy is None else f"task-id {s.task_accuracy:.2%}"
+        typer.echo(
+            f"{s.data}: {task} over {s.decisions} {per == 'batch' and 'batches' or 'images'}, "
+            f"class accuracy {s.class_accuracy:.2%} ({s.images} images)"
+        )
+    if len(scores) > 1:
+        overall = summary["task_accuracy"]
+        typer.echo(
+            "all: "
+            + ("no stored task" if overall is None else f"task-id {overall:.2%}")
+            + f", class accuracy {summary['class_accuracy']:.2%}"
+        )

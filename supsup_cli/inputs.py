@@ -1,0 +1,132 @@
+"""Unlabelled images for task inference: a folder or file of PNG/JPEG digits, a .npy array, or
+paths read from stdin ('-'). Everything becomes normalised (n, 784) float32, as in training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO
+
+import numpy as np
+import torch
+
+from .data import normalise
+from .errors import InputError
+
+IMAGE_SUFFIXES: Final = (".png", ".jpg", ".jpeg")
+ARRAY_SUFFIX: Final = ".npy"
+SIDE: Final = 28
+MAX_IMAGES: Final = 10_000_000
+
+SkipCallback = Callable[[str, str], None]  # (name, reason)
+
+
+@dataclass(frozen=True)
+class Images:
+    """Images to query, each with the name it is reported under (a file, or file[index])."""
+
+    names: tuple[str, ...]
+    x: torch.Tensor  # (n, 784) float32, normalised
+
+
+def read_inputs(
+    source: str,
+    *,
+    stdin: TextIO | None = None,
+    skip_bad: bool = False,
+    on_skip: SkipCallback | None = None,
+) -> Images:
+    """Read a folder, an image, a .npy file, or ('-') one path per line from `stdin`.
+
+    An unreadable file is an InputError naming it; with skip_bad it is reported to on_skip instead.
+    """
+    if source == "-":
+        if stdin is None:
+            raise InputError("'-' reads paths from stdin, but no stdin was given")
+        paths = [Path(line.strip()) for line in stdin if line.strip()]
+        if not paths:
+            raise InputError("no paths on stdin")
+    else:
+        root = Path(source)
+        if not root.exists():
+            raise InputError(f"{source}: no such file or folder")
+        paths = _folder_images(root) if root.is_dir() else [root]
+    names: list[str] = []
+    arrays: list[np.ndarray] = []
+    for path in paths:
+        try:
+            batch = _read_one(path)
+        except InputError as error:
+            if not skip_bad:
+                raise
+            if on_skip is not None:
+                on_skip(str(path), str(error))
+            continue
+        names.extend(
+            [str(path)] if path.suffix.lower() != ARRAY_SUFFIX else _indexed(path, len(batch))
+        )
+        arrays.append(batch)
+        if len(names) > MAX_IMAGES:
+            raise InputError(f"more than {MAX_IMAGES:,} images given")
+    if not arrays:
+        raise InputError(f"{source}: no readable images")
+    return Images(tuple(names), torch.cat([normalise(a) for a in arrays]))
+
+
+def _folder_images(root: Path) -> list[Path]:
+    found = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise InputError(f"{root}: no PNG or JPEG files in the folder")
+    return found
+
+
+def _indexed(path: Path, count: int) -> Iterable[str]:
+    return (f"{path}[{i}]" for i in range(count))
+
+
+def _read_one(path: Path) -> np.ndarray:
+    """One file -> uint8 (n, 28, 28) or float32 (n, 28, 28) in [0, 1]."""
+    suffix = path.suffix.lower()
+    if suffix == ARRAY_SUFFIX:
+        return _read_array(path)
+    if suffix in IMAGE_SUFFIXES:
+        return _read_image(path)[None]
+    raise InputError(f"{path}: not a PNG, JPEG or .npy file")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Greyscale, resized to 28 x 28 (bilinear), uint8 (28, 28)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            grey = image.convert("L")
+            if grey.size != (SIDE, SIDE):
+                grey = grey.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+            return np.asarray(grey, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"{path}: cannot read the image ({_reason(error)})") from error
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """(n, 28, 28) or (n, 784): uint8 0..255, or float in [0, 1]; never unpickled."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise InputError(f"{path}: cannot read the array ({_reason(error)})") from error
+    if array.ndim == 2 and array.shape[1] == SIDE * SIDE:
+        array = array.reshape(-1, SIDE, SIDE)
+    if array.ndim != 3 or array.shape[1:] != (SIDE, SIDE) or array.shape[0] == 0:
+        raise InputError(f"{path}: expected an array of shape (n, 28, 28), got {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind != "f":
+        raise InputError(f"{path}: expected uint8 or float images, got dtype {array.dtype}")
+    if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
+        raise InputError(f"{path}: float images must hold finite values in [0, 1]")
+    return array.astype(np.float32)
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
