@@ -62,8 +62,11 @@ def _root(
     _state["debug"] = debug
 
 
-def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a command whose SupsupError/OSError becomes one line on stderr and exit code 2."""
+def command(
+    name: str, group: typer.Typer | None = None, **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command whose SupsupError/OSError becomes one line on stderr and exit code 2
+    (on the root app, or on a sub-app such as `masks` given as `group`)."""
 
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
@@ -77,7 +80,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
                 console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
                 raise typer.Exit(2) from None
 
-        return app.command(name, **kwargs)(guarded)
+        return (group or app).command(name, **kwargs)(guarded)
 
     return register
 
