@@ -112,7 +112,8 @@ class MaskBank:
     counts: np.ndarray  # (D,) uint32: how many tasks keep each weight
     task_classes: tuple[tuple[int, ...], ...]
     device: torch.device
-    packed_on_device: torch.Tensor | None = None  # (k, ceil(D/8)) uint8 on a non-CPU device
+    # (k, ceil(D/8)) uint8 where the torch products run (set for non-CPU devices; None: numpy).
+    packed_on_device: torch.Tensor | None = None
     task_specs: tuple[str, ...] = ()  # the data spec each task was trained on, when known
 
     @property
@@ -175,7 +176,7 @@ class MaskBank:
 
     def products(self, matrix: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """⟨Mᵢ, matrix⟩ for the masks `rows` (all by default): (D,) or (D, m) -> (r,) or (r, m)."""
-        if self.device.type == "cpu":
+        if self.packed_on_device is None:
             packed = self.packed if rows is None else self.packed[rows]
             result = packed_matmul(packed, matrix.detach().numpy(), self.mask_bits)
             return torch.from_numpy(result)
@@ -189,7 +190,7 @@ class MaskBank:
         if rows is None:
             total = torch.from_numpy(self.counts.astype(np.float32))
             return (total / self.task_count).to(self.device)
-        if self.device.type == "cpu":
+        if self.packed_on_device is None:
             ones = np.ones(len(rows), dtype=np.float32)
             total = torch.from_numpy(packed_rmatvec(self.packed[rows], ones, self.mask_bits))
         else:

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supsup_cli.bits import pack_mask, packed_bytes, padding_is_zero, unpack_mask
+from supsup_cli.bits import (
+    pack_mask,
+    packed_bytes,
+    packed_matmul,
+    packed_matmul_torch,
+    packed_rmatvec,
+    packed_rmatvec_torch,
+    padding_is_zero,
+    unpack_mask,
+    unpack_torch,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -30,3 +42,73 @@ def test_nonzero_padding_is_detected() -> None:
     packed[-1] |= 0b0000_0001
     assert not padding_is_zero(packed, 10)
     assert padding_is_zero(pack_mask(np.ones(16, dtype=bool)), 16)
+
+
+# -- packed products --------------------------------------------------------------------------
+
+
+def _float_masks(rows: int, mask_bits: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    bits = np.random.default_rng(seed).random((rows, mask_bits)) < 0.5
+    return np.stack([pack_mask(row) for row in bits]), bits.astype(np.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=9),
+    st.integers(min_value=1, max_value=3000),
+    st.integers(min_value=0, max_value=3),
+    st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_packed_matmul_equals_float_product(
+    rows: int, mask_bits: int, columns: int, seed: int
+) -> None:
+    packed, floats = _float_masks(rows, mask_bits, seed)
+    rng = np.random.default_rng(seed + 1)
+    matrix = rng.standard_normal((mask_bits, columns) if columns else mask_bits).astype(np.float32)
+    expected = floats.astype(np.float64) @ matrix.astype(np.float64)
+    got = packed_matmul(packed, matrix, mask_bits)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+    got_torch = packed_matmul_torch(torch.from_numpy(packed), torch.from_numpy(matrix), mask_bits)
+    np.testing.assert_allclose(got_torch.numpy(), expected, rtol=1e-4, atol=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=9),
+    st.integers(min_value=1, max_value=3000),
+    st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_packed_rmatvec_equals_weighted_sum(rows: int, mask_bits: int, seed: int) -> None:
+    packed, floats = _float_masks(rows, mask_bits, seed)
+    weights = np.random.default_rng(seed + 1).standard_normal(rows).astype(np.float32)
+    expected = weights.astype(np.float64) @ floats.astype(np.float64)
+    np.testing.assert_allclose(packed_rmatvec(packed, weights, mask_bits), expected, atol=1e-4)
+    got_torch = packed_rmatvec_torch(torch.from_numpy(packed), torch.from_numpy(weights), mask_bits)
+    np.testing.assert_allclose(got_torch.numpy(), expected, atol=1e-4)
+
+
+def test_products_span_several_blocks(monkeypatch) -> None:
+    # Tiny blocks force many row and column blocks, with a ragged last byte (D % 8 = 5).
+    monkeypatch.setattr("supsup_cli.bits.PRODUCT_BLOCK_BITS", 64)
+    packed, floats = _float_masks(13, 205, seed=7)
+    vector = np.arange(205, dtype=np.float32) - 100
+    np.testing.assert_allclose(packed_matmul(packed, vector, 205), floats @ vector, atol=1e-3)
+    subset = np.zeros(13, dtype=np.float32)
+    subset[[0, 4, 12]] = 1
+    np.testing.assert_array_equal(packed_rmatvec(packed, subset, 205), floats[[0, 4, 12]].sum(0))
+
+
+def test_unpack_torch_matches_numpy() -> None:
+    packed, floats = _float_masks(3, 21, seed=3)
+    assert torch.equal(unpack_torch(torch.from_numpy(packed), 21), torch.from_numpy(floats))
+
+
+def test_products_reject_mismatched_shapes() -> None:
+    packed, _ = _float_masks(2, 16, seed=1)
+    with pytest.raises(ValueError, match="rows"):
+        packed_matmul(packed, np.zeros(15, dtype=np.float32), 16)
+    with pytest.raises(ValueError, match="uint8"):
+        packed_matmul(packed, np.zeros(24, dtype=np.float32), 24)
+    with pytest.raises(ValueError, match="weights"):
+        packed_rmatvec(packed, np.ones(3, dtype=np.float32), 16)

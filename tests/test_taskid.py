@@ -1,0 +1,251 @@
+"""Task inference: packed one-shot equals autograd through float masks; binary, exhaustive, G."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from supsup_cli import taskid
+from supsup_cli.bits import pack_mask, unpack_mask
+from supsup_cli.data import load_task
+from supsup_cli.errors import ConfigError
+from supsup_cli.nets import NetConfig, build_net
+from supsup_cli.store import MaskStore
+from supsup_cli.supermask import split_flat
+from supsup_cli.taskid import (
+    METHODS,
+    Decision,
+    MaskBank,
+    Method,
+    alpha_gradient,
+    infer_task,
+    register_method,
+    score_specs,
+)
+
+CONFIG_G = NetConfig("lenet-300-100", outputs=20, seed=3)  # outputs 10..19 are superfluous
+TEN = tuple(range(10))
+
+
+def random_bits(k: int, mask_bits: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((k, mask_bits)) < 0.5
+
+
+def packed_of(bits: np.ndarray) -> np.ndarray:
+    packed = np.packbits(bits, axis=1)
+    assert np.array_equal(packed[0], pack_mask(bits[0]))  # the store's row format
+    return packed
+
+
+def reference_alpha_gradient(net, floats: torch.Tensor, x, objective: str, alive=None):
+    """The reference code's way: stack float masks, autograd through α (what we must equal)."""
+    floats = floats if alive is None else floats[torch.as_tensor(alive)]
+    alphas = torch.full((len(floats),), 1.0 / len(floats), requires_grad=True)
+    mask = alphas @ floats  # (D,)
+    logits = net(x, split_flat(mask, net.config.mask_shapes))
+    if objective == "H":
+        value = taskid.entropy(logits).mean()
+    else:
+        value = logits[:, 10:].logsumexp(dim=1).mean()  # outputs 10.. are superfluous
+    (grad,) = torch.autograd.grad(value, alphas)
+    return grad
+
+
+def reference_binary(net, floats: torch.Tensor, x) -> int:
+    alive = np.arange(len(floats))
+    while len(alive) > 1:
+        grad = reference_alpha_gradient(net, floats, x, "H", alive).numpy()
+        alive = np.sort(alive[np.argsort(grad, kind="stable")[: math.ceil(len(alive) / 2)]])
+    return int(alive[0])
+
+
+@pytest.fixture(scope="module")
+def trained(permuted_store) -> MaskStore:
+    return MaskStore.open(permuted_store)
+
+
+@pytest.fixture(scope="module")
+def bank(trained) -> MaskBank:
+    return MaskBank.from_store(trained)
+
+
+def images(spec: str, count: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_task(spec)
+    return data.test_x[start : start + count], data.test_y[start : start + count]
+
+
+@pytest.mark.parametrize("objective", ["H", "G"])
+def test_one_shot_equals_autograd_through_float_superposition(objective: str) -> None:
+    net = build_net(CONFIG_G)
+    bits = random_bits(5, CONFIG_G.mask_bits, seed=1)
+    x = torch.randn(16, 784, generator=torch.Generator().manual_seed(0))
+    expected = reference_alpha_gradient(net, torch.from_numpy(bits).float(), x, objective)
+    got = alpha_gradient(net, packed_of(bits), x, objective=objective, classes=TEN)
+    scale = expected.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * float(scale))
+    with_counts = alpha_gradient(
+        net, packed_of(bits), x, objective=objective, classes=TEN, counts=bits.sum(0)
+    )
+    torch.testing.assert_close(with_counts, got)
+
+
+def test_one_shot_confidence_is_softmax_of_minus_gradient(bank, trained) -> None:
+    x, _ = images("permuted:2", 64)
+    grad = alpha_gradient(bank.net, trained.read_packed(), x, counts=trained.mask_counts())
+    result = infer_task(bank, x)
+    assert result.task == int(grad.argmin()) == 1
+    assert result.confidences[0] == pytest.approx(float(torch.softmax(-grad.double(), 0)[1]))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 64])
+def test_binary_equals_reference_and_takes_log2_steps(k: int, monkeypatch) -> None:
+    config = NetConfig("lenet-300-100", outputs=10, seed=5)
+    bits = random_bits(k, config.mask_bits, seed=k)
+    bank = MaskBank.from_packed(config, packed_of(bits), [TEN] * k)
+    x = torch.randn(32, 784, generator=torch.Generator().manual_seed(k))
+    calls = []
+    original = taskid.mask_gradient
+    monkeypatch.setattr(
+        taskid, "mask_gradient", lambda *a, **kw: calls.append(1) or original(*a, **kw)
+    )
+    result = infer_task(bank, x, method="binary")
+    assert len(calls) == math.ceil(math.log2(k))
+    assert result.task == reference_binary(bank.net, torch.from_numpy(bits).float(), x)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 64])
+def test_all_methods_find_a_trained_mask_among_random_ones(k: int, trained) -> None:
+    """Task 0 of the trained store planted at position k // 2 among random 50% masks."""
+    planted = k // 2
+    bits = random_bits(k, trained.net.mask_bits, seed=100 + k)
+    bits[planted] = trained.read_mask(0)
+    bank = MaskBank.from_packed(trained.net, packed_of(bits), [TEN] * k)
+    x, y = images("permuted:1", 128)
+    for method in ("one-shot", "binary", "exhaustive"):
+        result = infer_task(bank, x, method=method)
+        assert result.task == planted, method
+        assert np.all(result.tasks == planted)
+        assert 0 < result.confidences[0] <= 1
+    assert (torch.from_numpy(result.predictions) == y).float().mean() > 0.8
+
+
+def test_methods_agree_on_batches_of_each_task(bank) -> None:
+    for true_task, spec in enumerate(["permuted:1", "permuted:2", "permuted:3"]):
+        x, _ = images(spec, 128, start=200)
+        found = {
+            m: infer_task(bank, x, method=m).task for m in ("one-shot", "binary", "exhaustive")
+        }
+        assert set(found.values()) == {true_task}, found
+
+
+def test_per_image_on_a_batch_mixing_three_tasks(bank) -> None:
+    parts = [images(f"permuted:{t}", 10, start=300)[0] for t in (1, 2, 3)]
+    x = torch.stack(parts, dim=1).reshape(30, 784)  # images of tasks 0, 1, 2, 0, 1, 2, ...
+    truth = np.tile([0, 1, 2], 10)
+    result = infer_task(bank, x, per="image")
+    assert result.tasks.shape == (30,) and result.per == "image"
+    assert (result.tasks == truth).mean() >= 0.8
+    # The vectorised per-example gradients equal one batch-of-one query per image.
+    one_by_one = [infer_task(bank, x[i : i + 1]).tasks[0] for i in range(9)]
+    assert result.tasks[:9].tolist() == one_by_one
+    exhaustive = infer_task(bank, x, method="exhaustive", per="image")
+    assert (exhaustive.tasks == truth).mean() >= 0.8
+    binary = infer_task(bank, x[:6], method="binary", per="image")
+    assert binary.tasks.shape == (6,)
+
+
+def test_predictions_are_restricted_to_the_inferred_tasks_classes() -> None:
+    classes = [(0, 1), (2, 3), (4, 5)]
+    bits = random_bits(3, CONFIG_G.mask_bits, seed=9)
+    bank = MaskBank.from_packed(CONFIG_G, packed_of(bits), classes)
+    x = torch.randn(20, 784, generator=torch.Generator().manual_seed(1))
+    result = infer_task(bank, x, objective="G", per="image")
+    for task, label in zip(result.tasks, result.predictions, strict=True):
+        assert label in classes[task]
+    # G treats every output no task uses (6..19) as superfluous.
+    assert bank.superfluous().tolist() == list(range(6, 20))
+
+
+def test_g_objective_methods_agree_with_reference() -> None:
+    net_bits = random_bits(4, CONFIG_G.mask_bits, seed=11)
+    bank = MaskBank.from_packed(CONFIG_G, packed_of(net_bits), [TEN] * 4)
+    x = torch.randn(32, 784, generator=torch.Generator().manual_seed(2))
+    expected = reference_alpha_gradient(bank.net, torch.from_numpy(net_bits).float(), x, "G")
+    assert infer_task(bank, x, objective="G").task == int(expected.argmin())
+    values = [
+        bank.net(x, bank.masks_of(i))[:, 10:].logsumexp(dim=1).mean().item() for i in range(4)
+    ]
+    assert infer_task(bank, x, method="exhaustive", objective="G").task == int(np.argmin(values))
+
+
+def test_torch_product_path_equals_numpy_path(bank) -> None:
+    """The CUDA code path (torch products on the tensors' device), run on the CPU."""
+    torch_bank = replace(bank, packed_on_device=torch.from_numpy(bank.packed))
+    x, _ = images("permuted:3", 40)
+    for method, per in (("one-shot", "batch"), ("binary", "batch"), ("one-shot", "image")):
+        a = infer_task(bank, x, method=method, per=per)
+        b = infer_task(torch_bank, x, method=method, per=per)
+        assert a.tasks.tolist() == b.tasks.tolist()
+        np.testing.assert_allclose(a.confidences, b.confidences, rtol=1e-4)
+        assert a.predictions.tolist() == b.predictions.tolist()
+
+
+def test_bank_counts_match_the_stores(trained, bank) -> None:
+    from_bits = MaskBank.from_packed(trained.net, trained.read_packed(), [TEN] * 3)
+    np.testing.assert_array_equal(from_bits.counts, trained.mask_counts())
+    np.testing.assert_array_equal(unpack_mask(bank.packed[2], bank.mask_bits), trained.read_mask(2))
+
+
+def test_score_specs_reports_task_and_class_accuracy(bank) -> None:
+    scores = score_specs(bank, ["permuted:2", "permuted:9"], batch=100, trials=3, seed=4)
+    known, unknown = scores
+    assert known.true_tasks == (1,) and known.decisions == 3 and known.images == 300
+    assert known.task_accuracy == 1.0 and known.class_accuracy > 0.8
+    assert unknown.true_tasks == () and unknown.task_accuracy is None
+    again = score_specs(bank, ["permuted:2"], batch=100, trials=3, seed=4)[0]
+    assert again == known
+    walked = score_specs(bank, ["permuted:1"], batch=300, per="image", method="exhaustive")[0]
+    assert walked.images == len(load_task("permuted:1").test_y) == walked.decisions
+
+
+def test_registered_method_is_dispatched(bank, monkeypatch) -> None:
+    monkeypatch.setitem(
+        METHODS, "always-last", Method("always-last", "test", lambda q: Decision(2, 0.5))
+    )
+    x, _ = images("permuted:1", 8)
+    result = infer_task(bank, x, method="always-last", per="image")
+    assert result.tasks.tolist() == [2] * 8 and result.confidences.tolist() == [0.5] * 8
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(Method("one-shot", "again", lambda q: Decision(0, 1.0)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "two-shot"}, "valid: one-shot, binary, exhaustive"),
+        ({"objective": "K"}, "valid: H, G"),
+        ({"per": "pixel"}, "valid: batch, image"),
+        ({"objective": "G"}, "superfluous outputs"),
+    ],
+)
+def test_bad_options_are_clear_errors(bank, kwargs, message) -> None:
+    x, _ = images("permuted:1", 4)
+    with pytest.raises(ConfigError, match=message):
+        infer_task(bank, x, **kwargs)
+
+
+def test_bad_inputs_are_clear_errors(bank, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"\(n >= 1, 784\)"):
+        infer_task(bank, torch.zeros(3, 28, 28))
+    with pytest.raises(ConfigError, match=r"\(n >= 1, 784\)"):
+        infer_task(bank, torch.zeros(0, 784))
+    empty = MaskStore.create(tmp_path / "empty.zarr", CONFIG_G, "topk", 0.5)
+    with pytest.raises(ConfigError, match="holds no tasks"):
+        infer_task(empty, torch.zeros(1, 784))
+    with pytest.raises(ConfigError, match="classes"):
+        alpha_gradient(bank.net, bank.packed, torch.zeros(1, 784), objective="G")
