@@ -87,6 +87,8 @@ def _indexed(path: Path, count: int) -> Iterable[str]:
 
 def _read_one(path: Path) -> np.ndarray:
     """One file -> uint8 (n, 28, 28) or float32 (n, 28, 28) in [0, 1]."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ARRAY_SUFFIX:
         return _read_array(path)
@@ -104,7 +106,7 @@ def _read_image(path: Path) -> np.ndarray:
             grey = image.convert("L")
             if grey.size != (SIDE, SIDE):
                 grey = grey.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
-            return np.asarray(grey, dtype=np.uint8)
+            return np.array(grey, dtype=np.uint8)  # a writable copy
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(f"{path}: cannot read the image ({_reason(error)})") from error
 
