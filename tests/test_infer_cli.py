@@ -1,0 +1,129 @@
+"""`supsup infer` through the CLI: images from a folder, stdin and .npy; data specs; errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from supsup_cli.cli import app
+from supsup_cli.data import embedded_source, pixel_permutation
+
+runner = CliRunner()
+
+
+def permuted_digits(task_seed: int, count: int, start: int = 0) -> np.ndarray:
+    """Raw uint8 test digits of `permuted:task_seed` (raw and normalised permute alike)."""
+    raw = embedded_source().test_images[start : start + count].reshape(count, 784)
+    return raw[:, pixel_permutation(task_seed).numpy()].reshape(count, 28, 28)
+
+
+def save_pngs(folder: Path, images: np.ndarray, prefix: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{prefix}-{i:02d}.png" for i in range(len(images))]
+    for path, image in zip(paths, images, strict=True):
+        Image.fromarray(image, mode="L").save(path)
+    return paths
+
+
+def lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def test_folder_gives_one_json_line_per_file(permuted_store, tmp_path) -> None:
+    paths = save_pngs(tmp_path / "shots", permuted_digits(2, 12), "p2")
+    result = runner.invoke(app, ["infer", str(permuted_store), str(tmp_path / "shots")])
+    assert result.exit_code == 0, result.output
+    rows = lines(result.stdout)
+    assert [r["file"] for r in rows] == [str(p) for p in paths]
+    assert {r["task"] for r in rows} == {1}  # one batch, trained on permuted:2
+    labels = embedded_source().test_labels[:12]
+    assert np.mean([r["class"] == label for r, label in zip(rows, labels, strict=True)]) > 0.7
+    assert all(0 < r["confidence"] <= 1 for r in rows)
+
+
+def test_paths_on_stdin_per_image(permuted_store, tmp_path) -> None:
+    first = save_pngs(tmp_path, permuted_digits(1, 4, start=20), "p1")
+    third = save_pngs(tmp_path, permuted_digits(3, 4, start=20), "p3")
+    listing = "\n".join(str(p) for pair in zip(first, third, strict=True) for p in pair)
+    result = runner.invoke(
+        app, ["infer", str(permuted_store), "-", "--per", "image"], input=listing + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    tasks = [r["task"] for r in lines(result.stdout)]
+    assert len(tasks) == 8 and np.mean(np.array(tasks) == np.tile([0, 2], 4)) >= 0.75
+
+
+def test_npy_in_batches_with_binary_method(permuted_store, tmp_path) -> None:
+    np.save(
+        tmp_path / "batch.npy", np.concatenate([permuted_digits(3, 40), permuted_digits(1, 40)])
+    )
+    result = runner.invoke(
+        app,
+        ["infer", str(permuted_store), str(tmp_path / "batch.npy"), "--batch", "40"]
+        + ["--method", "binary"],
+    )
+    assert result.exit_code == 0, result.output
+    rows = lines(result.stdout)
+    assert rows[0]["file"] == f"{tmp_path / 'batch.npy'}[0]"
+    assert [r["task"] for r in rows] == [2] * 40 + [0] * 40
+
+
+def test_data_spec_summary_json(permuted_store) -> None:
+    result = runner.invoke(
+        app,
+        ["infer", str(permuted_store), "--data", "permuted:1..3", "--trials", "2"]
+        + ["--batch", "64", "--json", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["task_accuracy"] == 1.0 and summary["decisions"] == 6
+    assert summary["images"] == 384 and summary["class_accuracy"] > 0.8
+    assert [s["true_tasks"] for s in summary["specs"]] == [[0], [1], [2]]
+    text = runner.invoke(app, ["infer", str(permuted_store), "--data", "permuted:2", "-q"])
+    assert text.exit_code == 0 and "permuted:2: task-id 100.00% over 8 batches" in text.stdout
+
+
+def test_skip_bad_goes_on_and_reports(permuted_store, tmp_path) -> None:
+    save_pngs(tmp_path / "shots", permuted_digits(2, 3), "p2")
+    broken = tmp_path / "shots" / "broken.png"
+    broken.write_bytes(b"not a png")
+    failed = runner.invoke(app, ["infer", str(permuted_store), str(tmp_path / "shots")])
+    assert failed.exit_code == 2 and failed.stdout == ""
+    assert "broken.png: cannot read the image" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1 and "Traceback" not in failed.stderr
+    skipped = runner.invoke(
+        app, ["infer", str(permuted_store), str(tmp_path / "shots"), "--skip-bad"]
+    )
+    assert skipped.exit_code == 0
+    assert len(lines(skipped.stdout)) == 3 and "skipped" in skipped.stderr
+    assert "broken.png" in skipped.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "give either images"),
+        (["IMAGES", "--data", "permuted:1"], "give either images"),
+        (["--data", "permuted:1", "--method", "guess"], "valid: one-shot, binary, exhaustive"),
+        (["--data", "permuted:1", "--objective", "G"], "superfluous outputs"),
+        (["--data", "permuted:1", "--per", "pixel"], "valid: batch, image"),
+        (["--data", "shuffled:1"], "invalid data spec"),
+        (["IMAGES/missing"], "no such file"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(permuted_store, tmp_path, arguments, message) -> None:
+    save_pngs(tmp_path / "images", permuted_digits(1, 1), "p1")
+    arguments = [a.replace("IMAGES", str(tmp_path / "images")) for a in arguments]
+    result = runner.invoke(app, ["infer", str(permuted_store), *arguments])
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_store_is_an_error(tmp_path) -> None:
+    result = runner.invoke(app, ["infer", str(tmp_path / "none.zarr"), "--data", "permuted:1"])
+    assert result.exit_code == 2 and "no such store" in result.stderr
