@@ -6,12 +6,17 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from ..data import expand_specs
 from ..errors import StoreError
+from ..evaluation import EvalSettings
+from ..hopfield import hopfield_summary
 from ..store import MaskStore
 from ..supermask import MASK_RULES
 from ..train import CreationOptions, TrainConfig, evaluate_task, train_task
+from .allocate_commands import show_log
 from .app import (
     DataRootOpt,
     DeviceOpt,
@@ -24,10 +29,27 @@ from .app import (
     resolve_device,
     say,
 )
+from .eval_commands import (
+    BatchOpt,
+    CheckpointsOpt,
+    CsvOpt,
+    ImagesOpt,
+    MethodOpt,
+    ObjectiveOpt,
+    ScenarioOpt,
+    checkpoints_option,
+    evaluate_many,
+)
+from .hopfield_commands import hopfield_line
 
 ArchOpt = Annotated[
     str | None,
-    typer.Option("--arch", help="Network, for a new store: lenet-300-100 (default), fc-1024-1024."),
+    typer.Option(
+        "--arch",
+        help="Network, for a new store: lenet-300-100 (default), fc-1024-1024, or bn-2048-2048 "
+        "(masks on BatchNorm channels, for hopfield-encode; use --mask-rule sign --optimizer sgd "
+        "--lr 0.1).",
+    ),
 ]
 OutputsOpt = Annotated[
     int | None,
@@ -99,7 +121,13 @@ def train_task_command(
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
-    lr: Annotated[float, typer.Option("--lr", help="RMSprop learning rate on the scores.")] = 1e-4,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate on the scores.")] = 1e-4,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            "--optimizer", help="rmsprop (default) or sgd (momentum 0.9, for bn-2048-2048)."
+        ),
+    ] = "rmsprop",
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Images per training batch.")
     ] = 128,
@@ -116,7 +144,9 @@ def train_task_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Learn one task's supermask on the fixed weights; append it to the store (made if absent)."""
-    config = TrainConfig(lr=lr, batch_size=batch_size, batches=batches, transfer=transfer)
+    config = TrainConfig(
+        lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
+    )
     with progress_bar(f"training {data}", batches, quiet) as advance:
         outcome = train_task(
             store,
@@ -148,20 +178,60 @@ def train_task_command(
 
 @command("eval")
 def eval_command(
+    ctx: typer.Context,
     store: StoreArg,
     data: Annotated[
-        str | None, typer.Option("--data", help="Data spec to test on (default: the task's own).")
+        str | None,
+        typer.Option(
+            "--data",
+            help="Data spec(s) to test on: one (permuted:17), a range (permuted:1..250, "
+            "rotated:0..350:10) or a comma list (permuted:1,3,5). Default: every stored task "
+            "on its own data.",
+        ),
     ] = None,
     task: Annotated[
         int | None,
         typer.Option("--task", help="Task index (default: the one task trained on --data)."),
     ] = None,
+    scenario: ScenarioOpt = "GG",
+    method: MethodOpt = "one-shot",
+    objective: ObjectiveOpt = "H",
+    batch: BatchOpt = 128,
+    images: ImagesOpt = None,
+    checkpoints: CheckpointsOpt = None,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "cpu",
+    quiet: QuietOpt = False,
     json_out: JsonOpt = False,
+    csv_out: CsvOpt = False,
 ) -> None:
-    """Test accuracy of one task's mask with the task given (scenario GG)."""
-    result = evaluate_task(store, data, task, data_root, resolve_device(device))
+    """Test accuracy of stored masks, task given (GG) or inferred (GNu); one task or many.
+
+    One task in GG prints one line (or a small JSON object); anything more prints the full
+    report: per task, checkpoints, task-id confusion, forgetting, bytes, store identity, command.
+    """
+    specs = None if data is None else expand_specs(data)
+    single = task is not None or (specs is not None and len(specs) == 1)
+    if not single or scenario != "GG" or csv_out or images is not None or checkpoints:
+        settings = EvalSettings(
+            scenario, method, objective, batch, images, checkpoints_option(checkpoints)
+        )
+        evaluate_many(
+            ctx,
+            store,
+            specs,
+            task,
+            settings,
+            data_root=data_root,
+            device=device,
+            quiet=quiet,
+            json_out=json_out,
+            csv_out=csv_out,
+        )
+        return
+    result = evaluate_task(
+        store, None if specs is None else specs[0], task, data_root, resolve_device(device)
+    )
     if json_out:
         emit_json(
             {
@@ -181,13 +251,23 @@ def eval_command(
 
 
 @command("info")
-def info(store: StoreArg, json_out: JsonOpt = False) -> None:
+def info(
+    store: StoreArg,
+    log: Annotated[
+        bool,
+        typer.Option("--log", help="Show the audit log instead: each `supsup allocate` decision."),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """What a store holds: seed, network, mask rule, tasks and bytes."""
     opened = MaskStore.open(store)
+    if log:
+        show_log(opened, json_out)
+        return
     header, records = opened.header, opened.tasks()
     summary = {
         "store": str(store),
-        "format_version": 1,
+        "format_version": header.version,
         "network": opened.net.to_dict(),
         "mask_rule": header.mask_rule,
         "density": header.density,
@@ -196,6 +276,7 @@ def info(store: StoreArg, json_out: JsonOpt = False) -> None:
         "task_count": header.task_count,
         "stored_bytes": opened.stored_bytes(),
         "tasks": [r.to_dict() for r in records],
+        "hopfield": hopfield_summary(opened),
     }
     if json_out:
         emit_json(summary)
@@ -203,7 +284,7 @@ def info(store: StoreArg, json_out: JsonOpt = False) -> None:
     out = Console(highlight=False)
     net = opened.net
     out.print(
-        f"[bold]{store}[/]: supsup store v1, {header.task_count} task(s), "
+        f"[bold]{escape(store)}[/]: supsup store v{header.version}, {header.task_count} task(s), "
         f"{summary['stored_bytes']:,} bytes on disk"
     )
     out.print(
@@ -211,6 +292,8 @@ def info(store: StoreArg, json_out: JsonOpt = False) -> None:
         + (f", density {header.density}" if header.density is not None else "")
         + f"; {header.mask_bits:,} mask bits = {header.mask_bytes:,} bytes per task"
     )
+    if summary["hopfield"] is not None:
+        out.print(hopfield_line(summary["hopfield"]), markup=False)
     if records:
         table = Table("task", "data", "classes", "accuracy", "mask bytes", "trained", box=None)
         for r in records:
@@ -220,8 +303,13 @@ def info(store: StoreArg, json_out: JsonOpt = False) -> None:
                 else ",".join(map(str, r.classes))
             )
             accuracy = "-" if r.accuracy is None else f"{r.accuracy:.2%}"
-            table.add_row(
-                str(r.index), r.data, classes, accuracy, f"{header.mask_bytes:,}", r.created
+            table.add_row(  # escape: record text is the store's, not markup
+                str(r.index),
+                escape(r.data),
+                classes,
+                accuracy,
+                f"{header.mask_bytes:,}",
+                escape(r.created),
             )
         out.print(table)
 
