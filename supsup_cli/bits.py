@@ -7,6 +7,8 @@ from typing import Final
 import numpy as np
 import torch
 
+from . import bitkernel
+
 
 def packed_bytes(mask_bits: int) -> int:
     """ceil(D / 8): bytes of one packed mask of D bits."""
@@ -32,6 +34,8 @@ def padding_is_zero(packed: np.ndarray, mask_bits: int) -> bool:
 # -- products of packed masks (k, ceil(D/8)) with vectors, one block of unpacked bits at a time --
 
 PRODUCT_BLOCK_BITS: Final = 1 << 22  # unpacked elements per block: 4 Mi bits -> 16 MiB as float32
+# Up to this many columns the kernel's one-pass products beat one unpack + BLAS matmul.
+KERNEL_MAX_COLUMNS: Final = 4
 
 
 def _block_plan(rows: int, nbytes: int) -> tuple[int, int]:
@@ -59,6 +63,12 @@ def packed_matmul(packed: np.ndarray, matrix: np.ndarray, mask_bits: int) -> np.
     if matrix.shape[0] != mask_bits:
         raise ValueError(f"matrix has {matrix.shape[0]} rows, the masks have {mask_bits} bits")
     rows, nbytes = packed.shape
+    library = bitkernel.kernel()
+    if library is not None and matrix.ndim == 1:
+        return bitkernel.matvec(library, packed, matrix)
+    if library is not None and matrix.shape[1] <= KERNEL_MAX_COLUMNS:
+        columns = [bitkernel.matvec(library, packed, column) for column in matrix.T]
+        return np.stack(columns, axis=1) if columns else np.zeros((rows, 0), np.float32)
     out = np.zeros((rows, *matrix.shape[1:]), dtype=np.float32)
     block_rows, block_bytes = _block_plan(rows, nbytes)
     for c0 in range(0, nbytes, block_bytes):
@@ -79,6 +89,9 @@ def packed_rmatvec(packed: np.ndarray, weights: np.ndarray, mask_bits: int) -> n
     if weights.shape[0] != packed.shape[0]:
         raise ValueError(f"{weights.shape[0]} weights for {packed.shape[0]} masks")
     rows, nbytes = packed.shape
+    library = bitkernel.kernel()
+    if library is not None:
+        return bitkernel.rmatvec(library, packed, weights, mask_bits)
     out = np.zeros(mask_bits, dtype=np.float32)
     block_rows, block_bytes = _block_plan(rows, nbytes)
     for c0 in range(0, nbytes, block_bytes):

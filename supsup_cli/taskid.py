@@ -10,6 +10,7 @@ Methods (one-shot, binary, exhaustive) and objectives (H, G) live in name regist
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -28,7 +29,7 @@ from .bits import (
 )
 from .data import load_task
 from .errors import ConfigError
-from .nets import NetConfig, build_net
+from .nets import NetConfig, PerTaskStats, build_net
 from .store import MaskStore
 from .supermask import bits_to_masks, split_flat
 from .train import predict
@@ -115,6 +116,9 @@ class MaskBank:
     # (k, ceil(D/8)) uint8 where the torch products run (set for non-CPU devices; None: numpy).
     packed_on_device: torch.Tensor | None = None
     task_specs: tuple[str, ...] = ()  # the data spec each task was trained on, when known
+    # The store's task index of each row (rows skip tasks whose masks were dropped); () = 0..k-1.
+    task_ids: tuple[int, ...] = ()
+    task_stats: np.ndarray | None = None  # (k, S) float32 per-task statistics (BatchNorm nets)
 
     @property
     def task_count(self) -> int:
@@ -126,17 +130,33 @@ class MaskBank:
 
     @classmethod
     def from_store(cls, store: MaskStore, device: torch.device | str = "cpu") -> MaskBank:
-        """Load the committed tasks of a store (checksums checked by the store)."""
+        """Load the committed tasks whose masks the store keeps (checksums checked by the store).
+
+        Tasks whose masks were dropped after Hopfield encoding cannot take part: their bits are
+        gone, so the bank skips them and sums its counts from the kept masks.
+        """
         if store.task_count == 0:
             raise ConfigError(f"{store.path}: the store holds no tasks; train one first")
+        dropped = set(store.dropped_tasks())
+        kept = [i for i in range(store.task_count) if i not in dropped]
+        if not kept:
+            raise ConfigError(
+                f"{store.path}: every task's mask was dropped after Hopfield encoding; "
+                "only Hopfield recovery can infer its tasks"
+            )
         records = store.tasks()
+        stats = None
+        if store.net.stats_size:
+            stats = np.stack([store.read_task_stats(i).numpy() for i in kept])
         return cls.from_packed(
             store.net,
-            store.read_packed(),
-            [r.classes for r in records],
-            counts=store.mask_counts(),
+            store.read_packed(kept),
+            [records[i].classes for i in kept],
+            counts=None if dropped else store.mask_counts(),
             device=device,
-            task_specs=[r.data for r in records],
+            task_specs=[records[i].data for i in kept],
+            task_ids=kept,
+            task_stats=stats,
         )
 
     @classmethod
@@ -149,6 +169,8 @@ class MaskBank:
         counts: np.ndarray | None = None,
         device: torch.device | str = "cpu",
         task_specs: Sequence[str] = (),
+        task_ids: Sequence[int] = (),
+        task_stats: np.ndarray | None = None,
     ) -> MaskBank:
         """A bank from packed masks in memory; counts are summed from the bits when not given."""
         device = torch.device(device)
@@ -167,6 +189,8 @@ class MaskBank:
             device,
             on_device,
             tuple(task_specs),
+            tuple(int(i) for i in task_ids),
+            task_stats,
         )
 
     def superfluous(self) -> torch.Tensor:
@@ -199,10 +223,19 @@ class MaskBank:
             total = packed_rmatvec_torch(picked, ones, self.mask_bits)
         return (total / len(rows)).to(self.device)
 
-    def masks_of(self, task: int) -> list[torch.Tensor]:
-        """One task's float 0/1 masks, one per site, on the device."""
-        bits = unpack_mask(self.packed[task], self.mask_bits)
+    def masks_of(self, row: int) -> list[torch.Tensor]:
+        """One row's float 0/1 masks, one per site, on the device."""
+        bits = unpack_mask(self.packed[row], self.mask_bits)
         return bits_to_masks(bits, self.config.mask_shapes, self.device)
+
+    def use_task_stats(self, row: int) -> None:
+        """Load one row's normalisation statistics into the net (nets that keep them)."""
+        if self.task_stats is not None:
+            self.net.load_task_stats(torch.from_numpy(self.task_stats[row]).to(self.device))
+
+    def task_id(self, row: int) -> int:
+        """The store's index of the task in a row."""
+        return self.task_ids[row] if self.task_ids else row
 
 
 def mask_counts_of(packed: np.ndarray, mask_bits: int) -> np.ndarray:
@@ -224,9 +257,16 @@ def mask_gradient(
     """g = ∂(batch mean objective)/∂mask at a fractional mask (D,): ∂/∂W_eff ⊙ W, flat (D,)."""
     leaf = mean_mask.detach().clone().requires_grad_(True)  # (D,)
     masks = split_flat(leaf, net.config.mask_shapes)
-    value = objective.per_example(net(x, masks), superfluous).mean()
+    with _task_unknown(net):
+        value = objective.per_example(net(x, masks), superfluous).mean()
     (grad,) = torch.autograd.grad(value, leaf)
     return grad  # (D,)
+
+
+def _task_unknown(net: nn.Module) -> AbstractContextManager:
+    """Nets with per-task normalisation statistics normalise by the batch's own statistics while
+    the task is unknown (the superposition has no statistics of its own)."""
+    return net.batch_statistics() if isinstance(net, PerTaskStats) else nullcontext()
 
 
 def per_example_mask_gradients(
@@ -305,7 +345,8 @@ def _as_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Decision:
-    """The task chosen for a batch or an image, and its confidence (softmax of -score)."""
+    """The bank row chosen for a batch or an image (the store's task index unless masks were
+    dropped; see MaskBank.task_id) and its confidence (softmax of -score)."""
 
     task: int
     confidence: float
@@ -400,8 +441,9 @@ def exhaustive_values(query: Query) -> torch.Tensor:
     bank = query.bank
     columns = []
     with torch.no_grad():
-        for task in range(bank.task_count):
-            logits = bank.net(query.x, bank.masks_of(task))  # (n, s)
+        for row in range(bank.task_count):
+            bank.use_task_stats(row)
+            logits = bank.net(query.x, bank.masks_of(row))  # (n, s)
             columns.append(query.objective.per_example(logits, query.superfluous))
     return torch.stack(columns, dim=1)  # (n, k)
 
@@ -484,6 +526,11 @@ def infer_task(
             bank.config.outputs, [c for cs in bank.task_classes for c in cs]
         ).to(bank.device)
     x = _as_input(x, bank.device)
+    if isinstance(bank.net, PerTaskStats) and (per == "image" or len(x) < 2):
+        raise ConfigError(
+            f"{bank.config.arch} normalises by batch statistics while the task is unknown: "
+            "infer per batch, with at least 2 images"
+        )
     if per == "batch":
         decision = chosen_method.batch(Query(bank, x, chosen_objective, superfluous))
         decisions = [decision] * len(x)
@@ -494,21 +541,24 @@ def infer_task(
             chosen_method.batch(Query(bank, image, chosen_objective, superfluous))
             for image in x.split(1)
         ]
-    tasks = np.array([d.task for d in decisions], dtype=np.int64)
+    rows = np.array([d.task for d in decisions], dtype=np.int64)
     confidences = np.array([d.confidence for d in decisions], dtype=np.float64)
-    return Inference(method, objective, per, tasks, confidences, classify(bank, x, tasks).numpy())
+    predictions = classify(bank, x, rows).numpy()
+    tasks = np.array([bank.task_id(int(r)) for r in rows], dtype=np.int64)
+    return Inference(method, objective, per, tasks, confidences, predictions)
 
 
-def classify(bank: MaskBank, x: torch.Tensor, tasks: np.ndarray) -> torch.Tensor:
-    """Each image's class under its task's mask, argmax restricted to that task's classes."""
+def classify(bank: MaskBank, x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Each image's class under its bank row's mask, argmax restricted to that task's classes."""
     predictions = torch.empty(len(x), dtype=torch.int64)
-    for task in np.unique(tasks):
-        rows = torch.from_numpy(np.flatnonzero(tasks == task))
-        predictions[rows] = predict(
+    for row in np.unique(rows):
+        images = torch.from_numpy(np.flatnonzero(rows == row))
+        bank.use_task_stats(int(row))
+        predictions[images] = predict(
             bank.net,
-            bank.masks_of(int(task)),
-            x[rows.to(x.device)],
-            bank.task_classes[task],
+            bank.masks_of(int(row)),
+            x[images.to(x.device)],
+            bank.task_classes[row],
             bank.device,
         )
     return predictions
@@ -567,7 +617,7 @@ def score_specs(
     total, done = sum(len(p) for p in plans), 0
     scores = []
     for data, plan in zip(tasks, plans, strict=True):
-        true = tuple(i for i, spec in enumerate(bank.task_specs) if spec == data.spec)
+        true = tuple(bank.task_id(r) for r, spec in enumerate(bank.task_specs) if spec == data.spec)
         decisions = correct_decisions = images = correct_classes = 0
         for index in plan:
             result = infer_task(

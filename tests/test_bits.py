@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from supsup_cli import bitkernel
 from supsup_cli.bits import (
     pack_mask,
     packed_bytes,
@@ -112,3 +113,45 @@ def test_products_reject_mismatched_shapes() -> None:
         packed_matmul(packed, np.zeros(24, dtype=np.float32), 24)
     with pytest.raises(ValueError, match="weights"):
         packed_rmatvec(packed, np.ones(3, dtype=np.float32), 16)
+
+
+# -- the optional compiled kernel: every instruction-set variant equals numpy; fallbacks work --
+
+# Without -march the build targets the baseline ISA (the portable C loop); AVX2 if the CPU has it.
+KERNEL_VARIANTS = {"native": bitkernel.DEFAULT_FLAGS, "portable": ("-O2",)}
+if " avx2" in bitkernel._cpu_signature():
+    KERNEL_VARIANTS["avx2"] = ("-O3", "-mavx2")
+
+
+@pytest.mark.parametrize("variant", sorted(KERNEL_VARIANTS))
+def test_kernel_variants_equal_numpy(variant: str, monkeypatch) -> None:
+    library = bitkernel.build(KERNEL_VARIANTS[variant])
+    assert library is not None, "gcc is needed to build the kernel (the CI image has it)"
+    monkeypatch.setenv(bitkernel.KERNEL_ENV, "0")  # packed_matmul below: the numpy path
+    for rows, mask_bits, threads in [(1, 5, 1), (3, 77, 2), (17, 1030, 3), (40, 8 * 1031, 4)]:
+        packed, floats = _float_masks(rows, mask_bits, seed=rows)
+        vector = np.random.default_rng(mask_bits).standard_normal(mask_bits).astype(np.float32)
+        got = bitkernel.matvec(library, packed, vector, threads)
+        np.testing.assert_allclose(got, packed_matmul(packed, vector, mask_bits), atol=1e-3)
+        weights = np.random.default_rng(threads).standard_normal(rows).astype(np.float32)
+        weights[0] = 0.0  # skipped rows must still be right
+        got = bitkernel.rmatvec(library, packed, weights, mask_bits, threads)
+        np.testing.assert_allclose(got, weights @ floats, atol=1e-4)
+
+
+def test_products_use_the_kernel_unless_disabled(monkeypatch) -> None:
+    packed, floats = _float_masks(6, 300, seed=5)
+    matrix = np.random.default_rng(5).standard_normal((300, 3)).astype(np.float32)
+    with_kernel = packed_matmul(packed, matrix, 300)  # columns <= KERNEL_MAX_COLUMNS: kernel
+    monkeypatch.setenv(bitkernel.KERNEL_ENV, "0")
+    assert bitkernel.kernel() is None
+    np.testing.assert_allclose(with_kernel, packed_matmul(packed, matrix, 300), atol=1e-4)
+    np.testing.assert_allclose(with_kernel, floats @ matrix, atol=1e-4)
+
+
+def test_kernel_build_failures_fall_back(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv(bitkernel.CACHE_ENV, str(tmp_path / "cache"))
+    assert bitkernel.build(("-O3", "-fno-such-option-for-supsup")) is None  # compile error
+    monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))
+    assert bitkernel.build(("-O1",)) is None  # no compiler
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left behind

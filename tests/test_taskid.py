@@ -249,3 +249,46 @@ def test_bad_inputs_are_clear_errors(bank, tmp_path) -> None:
         infer_task(empty, torch.zeros(1, 784))
     with pytest.raises(ConfigError, match="classes"):
         alpha_gradient(bank.net, bank.packed, torch.zeros(1, 784), objective="G")
+
+
+def test_tasks_with_dropped_masks_are_skipped(permuted_store, monkeypatch) -> None:
+    """After `hopfield-encode --drop-masks` a task has no bits: the bank keeps the others and
+    reports the store's task indices."""
+    monkeypatch.setattr(MaskStore, "dropped_tasks", lambda self: (1,))
+    store = MaskStore.open(permuted_store)
+    bank = MaskBank.from_store(store)
+    assert bank.task_ids == (0, 2) and bank.task_count == 2
+    np.testing.assert_array_equal(
+        bank.counts, store.read_mask(0).astype(np.uint32) + store.read_mask(2)
+    )
+    x, _ = images("permuted:3", 64)
+    for method in ("one-shot", "binary", "exhaustive"):
+        assert infer_task(bank, x, method=method).task == 2
+    assert score_specs(bank, ["permuted:3"], batch=64, trials=1)[0].true_tasks == (2,)
+    monkeypatch.setattr(MaskStore, "dropped_tasks", lambda self: (0, 1, 2))
+    with pytest.raises(ConfigError, match="dropped"):
+        MaskBank.from_store(store)
+
+
+def test_nets_with_per_task_statistics_use_batch_statistics_when_task_unknown() -> None:
+    config = NetConfig("bn-2048-2048", outputs=10, seed=2)
+    bits = random_bits(3, config.mask_bits, seed=2)
+    stats = np.concatenate([np.zeros((3, 2048)), np.ones((3, 2048))] * 2, axis=1)
+    bank = MaskBank.from_packed(
+        config, packed_of(bits), [TEN] * 3, task_stats=stats.astype(np.float32)
+    )
+    x = torch.randn(8, 784, generator=torch.Generator().manual_seed(3))
+    expected = reference_alpha_gradient_bn(bank.net, torch.from_numpy(bits).float(), x)
+    for method in ("one-shot", "binary", "exhaustive"):
+        result = infer_task(bank, x, method=method)
+        assert 0 <= result.task < 3
+    assert infer_task(bank, x).task == int(expected.argmin())
+    with pytest.raises(ConfigError, match="batch statistics"):
+        infer_task(bank, x, per="image")
+    with pytest.raises(ConfigError, match="at least 2 images"):
+        infer_task(bank, x[:1])
+
+
+def reference_alpha_gradient_bn(net, floats: torch.Tensor, x) -> torch.Tensor:
+    with net.batch_statistics():
+        return reference_alpha_gradient(net, floats, x, "H")

@@ -1,0 +1,241 @@
+"""One-shot task inference on packed masks vs the float-stacked superposition (reference style).
+
+A store of k random masks (lenet-300-100, 500 outputs: D = 315,200) answers "which task is this
+batch of 128?". Baseline, measured in the same run: all masks as one fp32 (k, D) tensor and
+autograd through α (what the reference code does). Cold = a fresh process that opens the store,
+builds what it needs and answers (one CLI call); warm = masks already in memory. Peak memory is
+the growth of the process's peak RSS over its size after imports and building the network.
+
+    python benchmarks/taskid.py                 # k = 2,500 (store built once under benchmarks/out)
+    python benchmarks/taskid.py --tasks 200     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from supsup_cli import bitkernel
+from supsup_cli.bits import packed_matmul
+from supsup_cli.nets import NetConfig, build_net
+from supsup_cli.store import MaskStore
+from supsup_cli.supermask import split_flat
+from supsup_cli.taskid import OBJECTIVES, MaskBank, entropy, infer_task, mask_gradient
+
+HERE = Path(__file__).resolve().parent
+BATCH = 128
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def make_store(path: Path, tasks: int, outputs: int) -> None:
+    """k random 50% masks appended through the store API (slow once; reused afterwards)."""
+    config = NetConfig("lenet-300-100", outputs=outputs, seed=0)
+    store = MaskStore.create(str(path) + ".partial", config, "sign", None)
+    rng = np.random.default_rng(0)
+    zeros = torch.zeros(config.mask_bits)
+    for index in range(tasks):
+        store.append_task(
+            rng.random(config.mask_bits) < 0.5,
+            zeros,
+            data=f"permuted:{index + 1}",
+            classes=range(10),
+            accuracy=None,
+            train={},
+            created="",
+            seconds=None,
+        )
+        if index % 250 == 0:
+            print(f"  store: {index}/{tasks} masks", file=sys.stderr, flush=True)
+    os.replace(str(path) + ".partial", path)
+
+
+def query_batch(seed: int = 0) -> torch.Tensor:
+    return torch.randn(BATCH, 784, generator=torch.Generator().manual_seed(seed))  # (128, 784)
+
+
+def float_stack(packed: np.ndarray, mask_bits: int) -> torch.Tensor:
+    """All masks as one fp32 (k, D) tensor, filled block by block (the reference's layout)."""
+    stack = torch.empty(packed.shape[0], mask_bits)  # (k, D)
+    for r0 in range(0, packed.shape[0], 64):
+        bits = np.unpackbits(packed[r0 : r0 + 64], axis=1, count=mask_bits)
+        stack[r0 : r0 + 64] = torch.from_numpy(bits)
+    return stack
+
+
+def float_one_shot(net: torch.nn.Module, stack: torch.Tensor, x: torch.Tensor) -> int:
+    """Autograd through α on the float stack: mask = α @ stack, ∂H/∂α = stack @ g."""
+    alphas = torch.full((stack.shape[0],), 1.0 / stack.shape[0], requires_grad=True)  # (k,)
+    mask = alphas @ stack  # (D,)
+    value = entropy(net(x, split_flat(mask, net.config.mask_shapes))).mean()
+    (grad,) = torch.autograd.grad(value, alphas)
+    return int(grad.argmin())
+
+
+def child(kind: str, store_path: str) -> dict:
+    """One cold query in this fresh process: open, build, answer; time and peak memory."""
+    config = MaskStore.open(store_path).net
+    build_net(config)
+    x = query_batch()
+    base = rss_bytes()
+    started = time.perf_counter()
+    store = MaskStore.open(store_path)
+    if kind == "packed":
+        bank = MaskBank.from_store(store)
+        loaded = time.perf_counter()
+        task = infer_task(bank, x).task
+    else:
+        packed = store.read_packed()
+        net = build_net(store.net)
+        stack = float_stack(packed, store.net.mask_bits)
+        del packed
+        loaded = time.perf_counter()
+        task = float_one_shot(net, stack, x)
+    done = time.perf_counter()
+    return {
+        "seconds": done - started,
+        "load_seconds": loaded - started,
+        "answer_seconds": done - loaded,
+        "peak_growth_bytes": peak_bytes() - base,
+        "task": task,
+    }
+
+
+def run_child(kind: str, store_path: Path, env: dict | None = None) -> dict:
+    output = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--store", str(store_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def timed(function, repeats: int) -> float:
+    """Median seconds of `repeats` calls (after one warm-up call)."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def warm(store_path: Path, repeats: int) -> dict:
+    store = MaskStore.open(store_path)
+    bank = MaskBank.from_store(store)
+    x = query_batch()
+    mask_bits, packed = bank.mask_bits, bank.packed
+    gradient = mask_gradient(bank.net, bank.mean_mask(), x, OBJECTIVES["H"])
+    vector = gradient.numpy()
+    target = np.empty_like(packed)
+    results = {
+        "memcpy_packed": timed(lambda: np.copyto(target, packed), repeats),
+        "forward_backward": timed(
+            lambda: mask_gradient(bank.net, bank.mean_mask(), x, OBJECTIVES["H"]), repeats
+        ),
+        "product_kernel": timed(lambda: packed_matmul(packed, vector, mask_bits), repeats),
+        "one_shot_packed": timed(lambda: infer_task(bank, x), repeats),
+    }
+    os.environ[bitkernel.KERNEL_ENV] = "0"
+    results["product_numpy"] = timed(lambda: packed_matmul(packed, vector, mask_bits), repeats)
+    results["one_shot_packed_numpy"] = timed(lambda: infer_task(bank, x), repeats)
+    del os.environ[bitkernel.KERNEL_ENV]
+    stack = float_stack(packed, mask_bits)
+    results["one_shot_float"] = timed(lambda: float_one_shot(bank.net, stack, x), repeats)
+    same = float_one_shot(bank.net, stack, x) == infer_task(bank, x).task
+    return {"seconds": results, "same_task": same}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2500, help="masks in the store (k)")
+    parser.add_argument("--outputs", type=int, default=500, help="network outputs")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    parser.add_argument("--store", type=Path, help="store path (default under benchmarks/out)")
+    parser.add_argument("--child", choices=["packed", "float"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, str(args.store))))
+        return
+    store_path = args.store or HERE / "out" / f"taskid-k{args.tasks}-o{args.outputs}.zarr"
+    if not MaskStore.exists(store_path):
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"building {store_path} ...", file=sys.stderr)
+        make_store(store_path, args.tasks, args.outputs)
+    store = MaskStore.open(store_path)
+    k, mask_bits = store.task_count, store.net.mask_bits
+    print(f"# one-shot task inference, batch {BATCH}, k = {k}, D = {mask_bits:,}")
+    print(
+        f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load {os.getloadavg()[0]:.1f}, "
+        f"torch threads {torch.get_num_threads()}, kernel: "
+        f"{'compiled' if bitkernel.kernel() is not None else 'unavailable (numpy)'}"
+    )
+    packed_mb = k * store.header.mask_bytes / 1e6
+    float_mb = k * mask_bits * 4 / 1e6
+    print(f"# masks: {packed_mb:,.1f} MB packed, {float_mb:,.1f} MB as fp32")
+
+    cold_packed = run_child("packed", store_path)
+    cold_numpy = run_child("packed", store_path, {**os.environ, bitkernel.KERNEL_ENV: "0"})
+    cold_float = run_child("float", store_path)
+    hot = warm(store_path, args.repeats)
+    s = hot["seconds"]
+
+    print("\n| measure | packed (kernel) | packed (numpy) | float stack | float / packed |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| cold: open + load + answer (s) | {cold_packed['seconds']:.3f} | "
+        f"{cold_numpy['seconds']:.3f} | {cold_float['seconds']:.3f} | "
+        f"{cold_float['seconds'] / cold_packed['seconds']:.1f}x |"
+    )
+    print(
+        f"| cold: of which load (s) | {cold_packed['load_seconds']:.3f} | "
+        f"{cold_numpy['load_seconds']:.3f} | {cold_float['load_seconds']:.3f} | |"
+    )
+    print(
+        f"| cold: peak memory growth (MB) | {cold_packed['peak_growth_bytes'] / 1e6:,.0f} | "
+        f"{cold_numpy['peak_growth_bytes'] / 1e6:,.0f} | "
+        f"{cold_float['peak_growth_bytes'] / 1e6:,.0f} | "
+        f"{cold_float['peak_growth_bytes'] / cold_packed['peak_growth_bytes']:.1f}x |"
+    )
+    print(
+        f"| warm: one-shot query (ms) | {s['one_shot_packed'] * 1e3:.1f} | "
+        f"{s['one_shot_packed_numpy'] * 1e3:.1f} | {s['one_shot_float'] * 1e3:.1f} | "
+        f"{s['one_shot_float'] / s['one_shot_packed']:.2f}x |"
+    )
+    print(
+        f"| warm: packed product alone (ms) | {s['product_kernel'] * 1e3:.1f} | "
+        f"{s['product_numpy'] * 1e3:.1f} | | |"
+    )
+    print(
+        f"\nmemcpy of the packed masks: {s['memcpy_packed'] * 1e3:.1f} ms; "
+        f"packed product / memcpy: kernel {s['product_kernel'] / s['memcpy_packed']:.2f}x, "
+        f"numpy {s['product_numpy'] / s['memcpy_packed']:.2f}x"
+    )
+    print(f"forward + backward of the superposition alone: {s['forward_backward'] * 1e3:.1f} ms")
+    tasks = {cold_packed["task"], cold_numpy["task"], cold_float["task"]}
+    print(f"same task from every path: {len(tasks) == 1 and hot['same_task']}")
+
+
+if __name__ == "__main__":
+    main()

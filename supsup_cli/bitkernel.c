@@ -1,0 +1,151 @@
+/* Products of bit-packed masks with float vectors, without writing unpacked floats.
+ *
+ * Built at first use by supsup_cli/bitkernel.py (gcc -O3 -march=native) and loaded with ctypes;
+ * numpy code is the fallback. Masks are rows of `nbytes` bytes. The vectors here are in "lane
+ * order": within each group of 8 floats the order is reversed, so that bit b (least significant
+ * first) of byte j pairs with element 8j + b. Python reverses the groups (np.packbits stores the
+ * most significant bit first), which lets a byte of mask bits act directly as a SIMD lane mask.
+ *
+ * matvec:  out[r]   = sum over set bits (r, i) of vec[i]        (threads split the rows)
+ * rmatvec: out[i]  += sum over rows r with bit (r, i) set of w[r] (threads split the columns)
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define MATVEC_BLOCK 2048  /* mask bytes per column block: 64 KiB of vector floats (L2) */
+#define RMATVEC_BLOCK 512  /* mask bytes per column block: 16 KiB of output floats (L1) */
+#define MAX_THREADS 256
+
+/* Sum of vec[8*j + b] over the set bits b of bytes [j0, j1) of one row (lane order). */
+static float row_dot(const uint8_t *row, const float *vec, int64_t j0, int64_t j1) {
+    float total = 0.0f;
+    int64_t j = j0;
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (; j + 8 <= j1; j += 8) {
+        uint64_t w;
+        memcpy(&w, row + j, 8); /* little endian: byte j in bits 0..7 */
+        const float *v = vec + 8 * j;
+        a0 = _mm512_mask_add_ps(a0, (__mmask16)w, a0, _mm512_loadu_ps(v));
+        a1 = _mm512_mask_add_ps(a1, (__mmask16)(w >> 16), a1, _mm512_loadu_ps(v + 16));
+        a2 = _mm512_mask_add_ps(a2, (__mmask16)(w >> 32), a2, _mm512_loadu_ps(v + 32));
+        a3 = _mm512_mask_add_ps(a3, (__mmask16)(w >> 48), a3, _mm512_loadu_ps(v + 48));
+    }
+    total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(__AVX2__)
+    const __m256i select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; j + 2 <= j1; j += 2) {
+        __m256i b0 = _mm256_and_si256(_mm256_set1_epi32(row[j]), select);
+        __m256i b1 = _mm256_and_si256(_mm256_set1_epi32(row[j + 1]), select);
+        __m256 m0 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b0, select));
+        __m256 m1 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b1, select));
+        a0 = _mm256_add_ps(a0, _mm256_and_ps(m0, _mm256_loadu_ps(vec + 8 * j)));
+        a1 = _mm256_add_ps(a1, _mm256_and_ps(m1, _mm256_loadu_ps(vec + 8 * j + 8)));
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, _mm256_add_ps(a0, a1));
+    for (int b = 0; b < 8; b++) total += lanes[b];
+#endif
+    for (; j < j1; j++) {
+        const unsigned byte = row[j];
+        for (int b = 0; b < 8; b++) total += (byte >> b & 1u) ? vec[8 * j + b] : 0.0f;
+    }
+    return total;
+}
+
+/* out[i] += w for the set bits i of bytes [j0, j1) of one row (out in lane order). */
+static void row_axpy(const uint8_t *row, float w, float *out, int64_t j0, int64_t j1) {
+    int64_t j = j0;
+#if defined(__AVX512F__)
+    const __m512 add = _mm512_set1_ps(w);
+    for (; j + 2 <= j1; j += 2) {
+        uint16_t bits;
+        memcpy(&bits, row + j, 2);
+        float *o = out + 8 * j;
+        _mm512_storeu_ps(o, _mm512_mask_add_ps(_mm512_loadu_ps(o), bits, _mm512_loadu_ps(o), add));
+    }
+#elif defined(__AVX2__)
+    const __m256i select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 add = _mm256_set1_ps(w);
+    for (; j < j1; j++) {
+        __m256i b = _mm256_and_si256(_mm256_set1_epi32(row[j]), select);
+        __m256 m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, select));
+        float *o = out + 8 * j;
+        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), _mm256_and_ps(m, add)));
+    }
+#endif
+    for (; j < j1; j++) {
+        const unsigned byte = row[j];
+        for (int b = 0; b < 8; b++) out[8 * j + b] += (byte >> b & 1u) ? w : 0.0f;
+    }
+}
+
+typedef struct {
+    const uint8_t *packed;
+    int64_t rows, nbytes, lo, hi; /* this thread's rows (matvec) or bytes (rmatvec) */
+    const float *in;
+    float *out;
+} job_t;
+
+static void *matvec_job(void *arg) {
+    const job_t *job = arg;
+    for (int64_t r = job->lo; r < job->hi; r++) job->out[r] = 0.0f;
+    for (int64_t j0 = 0; j0 < job->nbytes; j0 += MATVEC_BLOCK) {
+        int64_t j1 = j0 + MATVEC_BLOCK < job->nbytes ? j0 + MATVEC_BLOCK : job->nbytes;
+        for (int64_t r = job->lo; r < job->hi; r++)
+            job->out[r] += row_dot(job->packed + r * job->nbytes, job->in, j0, j1);
+    }
+    return NULL;
+}
+
+static void *rmatvec_job(void *arg) {
+    const job_t *job = arg;
+    for (int64_t j0 = job->lo; j0 < job->hi; j0 += RMATVEC_BLOCK) {
+        int64_t j1 = j0 + RMATVEC_BLOCK < job->hi ? j0 + RMATVEC_BLOCK : job->hi;
+        for (int64_t r = 0; r < job->rows; r++)
+            if (job->in[r] != 0.0f)
+                row_axpy(job->packed + r * job->nbytes, job->in[r], job->out, j0, j1);
+    }
+    return NULL;
+}
+
+/* Split [0, extent) into `threads` runs (multiples of `align`) and run `work` on each. */
+static void run_split(void *(*work)(void *), const uint8_t *packed, int64_t rows, int64_t nbytes,
+                      const float *in, float *out, int64_t extent, int64_t align, int threads) {
+    int64_t units = (extent + align - 1) / align;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > units) threads = (int)units;
+    if (threads < 1) threads = 1;
+    job_t jobs[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < threads; t++) {
+        int64_t lo = units * t / threads * align, hi = units * (t + 1) / threads * align;
+        jobs[t] = (job_t){packed, rows, nbytes, lo, hi < extent ? hi : extent, in, out};
+    }
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, work, &jobs[t]) == 0;
+    work(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(ids[t], NULL);
+        else work(&jobs[t]); /* no thread could be started: do its share here */
+    }
+}
+
+int supsup_matvec(const uint8_t *packed, int64_t rows, int64_t nbytes, const float *vec,
+                  float *out, int threads) {
+    run_split(matvec_job, packed, rows, nbytes, vec, out, rows, 1, threads);
+    return 0;
+}
+
+int supsup_rmatvec(const uint8_t *packed, int64_t rows, int64_t nbytes, const float *weights,
+                   float *out, int threads) {
+    run_split(rmatvec_job, packed, rows, nbytes, weights, out, nbytes, 64, threads);
+    return 0;
+}
