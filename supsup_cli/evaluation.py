@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from .bits import unpack_mask
 from .data import image_source, load_task
 from .errors import ConfigError
 from .nets import PerTaskStats
@@ -164,6 +165,7 @@ class EvalReport:
             "stored_bytes": self.store["stored_bytes"],
             "stored_bytes_per_task": self.store["stored_bytes"] / count,
             "float32_bytes_per_task": 4 * self.store["mask_bits"],
+            "entropy_bytes_per_task": self.store["entropy_bytes_per_task"],
         }
 
     def _checkpoint_forgetting(self) -> dict[str, Any] | None:
@@ -232,10 +234,17 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
+def tasks_digest(records: Sequence[TaskRecord]) -> str:
+    """sha256 over the tasks' mask checksums and data specs, in order: equal digests mean the
+    same masks learned on the same data."""
+    lines = (f"{r.sha256} {r.data}" for r in records)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def store_identity(store: MaskStore) -> dict[str, Any]:
-    """Which store, exactly: its path, settings and a digest of its tasks' mask checksums."""
+    """Which store, exactly: its path, settings and a digest of its tasks (masks and data)."""
     records = store.tasks()
-    digest = hashlib.sha256("\n".join(r.sha256 for r in records).encode()).hexdigest()
+    digest = tasks_digest(records)
     return {
         "path": str(Path(store.path).resolve()),
         "format_version": FORMAT_VERSION,
@@ -248,6 +257,25 @@ def store_identity(store: MaskStore) -> dict[str, Any]:
         "stored_bytes": store.stored_bytes(),
         "tasks_sha256": digest,
     }
+
+
+def entropy_bytes_per_task(packed: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> float:
+    """Mean over the masks of Σ_layers n·H2(ones/n)/8: the bytes a coder that models each layer's
+    density needs at least (what `supsup pack` approaches); sparse top-k masks need far fewer
+    than their bit-packed D/8, 50%-dense sign masks about as many."""
+    if len(packed) == 0:
+        return 0.0
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    bounds = np.cumsum([0, *sizes])
+    total = 0.0
+    for row in packed:
+        bits = unpack_mask(row, int(bounds[-1]))  # (D,) bool
+        ones = np.add.reduceat(bits.astype(np.int64), bounds[:-1])  # (sites,)
+        p = ones / np.asarray(sizes, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h2 = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+        total += float(np.nansum(h2 * sizes)) / 8
+    return total / len(packed)
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
@@ -398,10 +426,12 @@ def evaluate_store(
                 progress(done, units)
         scores.extend(cells)
         curve.append(_curve_point(k, cells, time.perf_counter() - started))
+    identity = store_identity(store)
+    identity["entropy_bytes_per_task"] = entropy_bytes_per_task(packed, store.net.mask_shapes)
     return EvalReport(
         command=command,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        store=store_identity(store),
+        store=identity,
         settings={**settings.to_dict(), "data_source": image_source(data_root).name},
         scores=scores,
         curve=curve,

@@ -3,6 +3,7 @@
 from . import (  # noqa: F401  (importing a module registers its commands)
     infer_commands,
     masks_commands,
+    plot_commands,
     store_commands,
 )
 from .app import app

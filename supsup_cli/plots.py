@@ -1,0 +1,328 @@
+"""Figures from evaluation reports (`supsup eval --json`) and stores, drawn with matplotlib.
+
+Headless: figures are matplotlib `Figure` objects saved straight to PNG or SVG, never shown, so no
+display or GUI backend is needed. matplotlib is the optional `plot` extra.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .evaluation import SCHEMA, SCHEMA_VERSION, tasks_digest
+from .mask_algebra import mask_overlap
+from .store import MaskStore
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FORMATS: Final = ("png", "svg")
+MAX_REPORT_BYTES: Final = 256 * 1024 * 1024
+MAX_LABELLED_TICKS: Final = 20
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a figure: a label and its (x, y) points."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    style: str = "-"
+    annotations: Sequence[str] = ()
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """Read one `supsup eval --json` report, checking it is one (one clear error if not)."""
+    try:
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            raise InputError(f"{path}: larger than {MAX_REPORT_BYTES:,} bytes; not an eval report")
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read an eval report ({error})") from error
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise InputError(f"{path}: not a supsup eval report (run `supsup eval --json` to make one)")
+    if report.get("version") != SCHEMA_VERSION:
+        raise InputError(f"{path}: eval report version {report.get('version')!r} is not supported")
+    for key in ("store", "settings", "summary", "tasks", "curve"):
+        if key not in report:
+            raise InputError(f"{path}: eval report lacks {key!r}")
+    return report
+
+
+def report_label(report: Mapping[str, Any], with_density: bool = True) -> str:
+    """A legend entry saying how a report was made: scenario, method, objective, batch."""
+    settings, store = report["settings"], report["store"]
+    if settings["scenario"] == "GG":
+        density = store.get("density")
+        shown = with_density and density is not None
+        return "GG, task given" + (f", density {density:g}" if shown else "")
+    batch = "single image" if settings["batch"] == 1 else f"batch {settings['batch']}"
+    return f"GNu {settings['method']} {settings['objective']}, {batch}"
+
+
+def _new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ConfigError(
+            "plotting needs matplotlib: pip install 'supsup[plot]' (or matplotlib)"
+        ) from error
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lstrip(".")
+    if suffix not in FORMATS:
+        raise ConfigError(f"unknown figure format {suffix!r}; valid: {', '.join(FORMATS)}")
+    temporary = path.with_name(f".{path.name}.tmp")
+    # No dates in the files: the same inputs draw byte-identical figures.
+    metadata = {"Software": "supsup"} if suffix == "png" else {"Creator": "supsup", "Date": None}
+    figure.savefig(temporary, format=suffix, dpi=100, metadata=metadata)
+    temporary.replace(path)  # a half-written image never carries the final name
+    return path
+
+
+def line_figure(
+    series: Sequence[Series],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    note: str = "",
+) -> Path:
+    """Lines with markers, one per series; the building block of the curve figures."""
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    for one in series:
+        axes.plot(one.x, one.y, one.style, marker="o", markersize=3, label=one.label)
+        for x, y, text in zip(one.x, one.y, one.annotations, strict=False):
+            axes.annotate(
+                text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small"
+            )
+    if not log_x:
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    if log_x:
+        axes.set_xscale("log")
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(True, alpha=0.3)
+    if series:
+        axes.legend(fontsize="small")
+    if note:
+        figure.text(0.01, 0.005, note, fontsize="x-small", color="0.35", va="bottom")
+    return _save(figure, path)
+
+
+def accuracy_vs_tasks(reports: Sequence[Mapping[str, Any]], path: Path, note: str = "") -> Path:
+    """The paper's PermutedMNIST/RotatedMNIST curve: mean accuracy over the tasks learned so far,
+    one line per report, with the task-given accuracy (GG) of the first report as a dashed line."""
+    series = [
+        Series(
+            report_label(r),
+            [p["tasks_learned"] for p in r["curve"]],
+            [100 * p["accuracy"] for p in r["curve"]],
+            "--" if r["settings"]["scenario"] == "GG" else "-",
+        )
+        for r in reports
+    ]
+    scenarios = {r["settings"]["scenario"] for r in reports}
+    if scenarios == {"GNu"}:  # no GG report given: its accuracy, measured beside, is the bound
+        first = reports[0]["curve"]
+        series.append(
+            Series(
+                "GG, task given (upper bound)",
+                [p["tasks_learned"] for p in first],
+                [100 * p["accuracy_gg"] for p in first],
+                "--",
+            )
+        )
+    return line_figure(
+        series,
+        path,
+        title="Accuracy vs number of tasks learned",
+        xlabel="tasks learned",
+        ylabel="mean test accuracy over learned tasks (%)",
+        note=note,
+    )
+
+
+def accuracy_vs_bytes(series: Sequence[Series], path: Path, note: str = "") -> Path:
+    """Accuracy against bytes of masks stored (like the paper's SplitImageNet figure)."""
+    return line_figure(
+        series,
+        path,
+        title="Accuracy vs bytes of masks stored",
+        xlabel="bytes of masks (log scale)",
+        ylabel="mean test accuracy (%)",
+        log_x=True,
+        note=note,
+    )
+
+
+def bytes_series(reports: Sequence[Mapping[str, Any]]) -> list[Series]:
+    """Accuracy at each checkpoint against the bytes of the k masks learned, twice per kind of
+    report: bit-packed as the store holds them, and at the entropy floor a coder reaches (which
+    is what falls with the density of top-k masks). Reports that differ only in density share a
+    line, each point marked with its density."""
+    groups: dict[str, list[tuple[float, float, float, str]]] = {}
+    for r in reports:
+        store = r["store"]
+        mark = "" if store.get("density") is None else f"d={store['density']:g}"
+        for p in r["curve"]:
+            k = p["tasks_learned"]
+            groups.setdefault(report_label(r, with_density=False), []).append(
+                (
+                    k * store["mask_bytes_per_task"],
+                    k * store["entropy_bytes_per_task"],
+                    100 * p["accuracy"],
+                    mark,
+                )
+            )
+    series = []
+    for label, points in groups.items():
+        for name, column, style in (("bit-packed", 0, "-"), ("entropy floor", 1, ":")):
+            ordered = sorted(points, key=lambda point: point[column])
+            series.append(
+                Series(
+                    f"{label}, {name}",
+                    [point[column] for point in ordered],
+                    [point[2] for point in ordered],
+                    style,
+                    [point[3] for point in ordered],
+                )
+            )
+    return series
+
+
+def heatmap(
+    matrix: np.ndarray,
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    colorbar: str,
+    ticks: Sequence[int] | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Path:
+    """A square matrix as an image with a colour bar; tick labels only when few enough to read."""
+    figure = _new_figure(5.6, 4.8)
+    axes = figure.add_subplot()
+    image = axes.imshow(
+        np.ma.masked_invalid(matrix), cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest"
+    )
+    figure.colorbar(image, ax=axes, label=colorbar, shrink=0.85)
+    if ticks is not None and len(ticks) <= MAX_LABELLED_TICKS:
+        axes.set_xticks(range(matrix.shape[1]), [str(t) for t in ticks], fontsize="small")
+        axes.set_yticks(range(matrix.shape[0]), [str(t) for t in ticks], fontsize="small")
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save(figure, path)
+
+
+def taskid_confusion(report: Mapping[str, Any], path: Path) -> Path:
+    """Fraction of each true task's images inferred as each stored task (rows sum to 1)."""
+    confusion = report.get("confusion")
+    if not confusion:
+        raise ConfigError(
+            "a task-id confusion matrix needs a GNu report (supsup eval --scenario GNu)"
+        )
+    counts = np.asarray(confusion["counts"], dtype=np.float64)  # (evaluated, stored)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    evaluated = confusion["rows"]
+    if rows.shape[0] != rows.shape[1]:
+        rows = rows[:, evaluated]  # evaluated a subset: show it against the same tasks
+    accuracy = report["summary"]["taskid_accuracy"]
+    return heatmap(
+        rows,
+        path,
+        title=f"Task-id confusion, {report_label(report)}\n(task-id accuracy {accuracy:.2%})",
+        xlabel="inferred task",
+        ylabel="true task",
+        colorbar="fraction of the true task's images",
+        ticks=evaluated,
+        vmin=0.0,
+        vmax=1.0,
+    )
+
+
+def mask_overlap_heatmap(store: MaskStore, path: Path, tasks: Sequence[int] | None = None) -> Path:
+    """Jaccard overlap between every pair of stored masks; the diagonal (always 1) is left blank
+    so the colour scale shows the differences between tasks."""
+    overlap = mask_overlap(store, tasks)
+    jaccard = overlap.jaccard.astype(np.float64)  # (k, k)
+    np.fill_diagonal(jaccard, np.nan)
+    return heatmap(
+        jaccard,
+        path,
+        title=f"Mask overlap (Jaccard), {len(overlap.tasks)} tasks, rule {store.header.mask_rule}"
+        "\n(diagonal, always 1, left blank)",
+        xlabel="task",
+        ylabel="task",
+        colorbar="|A ∩ B| / |A ∪ B|",
+        ticks=overlap.tasks,
+    )
+
+
+def plot_reports(
+    store_path: Path,
+    reports: Sequence[Path],
+    out_dir: Path,
+    fmt: str = "png",
+    progress: ProgressCallback | None = None,
+) -> list[Path]:
+    """Every figure the inputs allow: curves and bytes (any reports), confusion (GNu reports),
+    mask overlap (the store). Returns the files written."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown figure format {fmt!r}; valid: {', '.join(FORMATS)}")
+    store = MaskStore.open(store_path)
+    loaded = [load_report(p) for p in reports]
+    records = store.tasks()
+    for path, report in zip(reports, loaded, strict=True):
+        count = report["store"]["task_count"]  # the store may have grown since: compare a prefix
+        same_net = report["store"]["network"] == store.net.to_dict()
+        if (
+            not same_net
+            or count > len(records)
+            or report["store"]["tasks_sha256"] != tasks_digest(records[:count])
+        ):
+            raise InputError(f"{path}: the report was made from another store than {store_path}")
+    written = []
+
+    def step(name: str, draw: Callable[[], Path]) -> None:
+        if progress is not None:
+            progress(name)
+        written.append(draw())
+
+    if loaded:
+        step(
+            "accuracy vs tasks",
+            lambda: accuracy_vs_tasks(loaded, out_dir / f"accuracy-vs-tasks.{fmt}"),
+        )
+        step(
+            "accuracy vs bytes",
+            lambda: accuracy_vs_bytes(bytes_series(loaded), out_dir / f"accuracy-vs-bytes.{fmt}"),
+        )
+    for index, report in enumerate(loaded):
+        if report["settings"]["scenario"] == "GNu":
+            name = (
+                f"taskid-confusion-{index}.{fmt}" if len(loaded) > 1 else f"taskid-confusion.{fmt}"
+            )
+            step(
+                f"task-id confusion {index}",
+                lambda r=report, n=name: taskid_confusion(r, out_dir / n),
+            )
+    if store.task_count:
+        step("mask overlap", lambda: mask_overlap_heatmap(store, out_dir / f"mask-overlap.{fmt}"))
+    return written

@@ -1,0 +1,149 @@
+"""`supsup plot`: every figure is written as a valid image, headless; bad inputs are refused."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from supsup_cli.cli import app
+from supsup_cli.data import load_task
+from supsup_cli.errors import ConfigError, InputError
+from supsup_cli.evaluation import EvalSettings, entropy_bytes_per_task, evaluate_store
+from supsup_cli.nets import NetConfig
+from supsup_cli.plots import bytes_series, load_report, plot_reports, taskid_confusion
+from supsup_cli.store import MaskStore
+
+runner = CliRunner()
+NET = NetConfig("lenet-300-100", outputs=10, seed=0)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def random_mask_store(path: Path, specs: list[str], density: float = 0.5) -> Path:
+    """Untrained random masks (seeded): enough for figures, no training needed."""
+    rng = np.random.default_rng(0)
+    store = MaskStore.create(path, NET, "topk", density)
+    for spec in specs:
+        store.append_task(
+            rng.random(NET.mask_bits) < density,
+            torch.zeros(NET.mask_bits),
+            data=spec,
+            classes=load_task(spec).classes,
+            accuracy=None,
+            train={},
+            created="",
+            seconds=None,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def figures_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A 3-task store, a GG report and a GNu report (inference answers the true task)."""
+    folder = tmp_path_factory.mktemp("plots")
+    store = random_mask_store(folder / "s.zarr", ["split:0", "split:1", "split:2"])
+    gg = folder / "gg.json"
+    gg.write_text(json.dumps(evaluate_store(store, None, EvalSettings(images=50)).to_dict()))
+
+    def truth(bank, x):
+        task = truth.calls % 3 if bank.task_count == 3 else truth.calls % bank.task_count
+        truth.calls += 1
+        return np.full(len(x), task), np.zeros(len(x), dtype=np.int64)
+
+    truth.calls = 0
+    settings = EvalSettings(scenario="GNu", images=50, checkpoints=(1, 2))
+    report = evaluate_store(store, None, settings, infer=truth)
+    gnu = folder / "gnu.json"
+    gnu.write_text(json.dumps(report.to_dict()))
+    return store, gg, gnu
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.width >= 300 and image.height >= 300
+
+
+def test_plot_writes_every_figure_as_png(figures_input, tmp_path: Path) -> None:
+    store, gg, gnu = figures_input
+    written = plot_reports(store, [gnu, gg], tmp_path / "figs")
+    names = sorted(p.name for p in written)
+    assert names == sorted(
+        [
+            "accuracy-vs-tasks.png",
+            "accuracy-vs-bytes.png",
+            "taskid-confusion-0.png",
+            "mask-overlap.png",
+        ]
+    )
+    for path in written:
+        assert_png(path)
+    assert not list((tmp_path / "figs").glob(".*"))  # no temporary files left behind
+
+
+def test_plot_svg_and_cli(figures_input, tmp_path: Path) -> None:
+    store, gg, _ = figures_input
+    result = runner.invoke(
+        app, ["plot", str(store), str(gg), "--out", str(tmp_path), "--format", "svg", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    figures = [Path(p) for p in json.loads(result.stdout)["figures"]]
+    assert {p.name for p in figures} == {
+        "accuracy-vs-tasks.svg",
+        "accuracy-vs-bytes.svg",
+        "mask-overlap.svg",
+    }
+    for path in figures:
+        assert ElementTree.parse(path).getroot().tag.endswith("svg")
+
+
+def test_store_only_draws_the_overlap(figures_input, tmp_path: Path) -> None:
+    store, _, _ = figures_input
+    written = plot_reports(store, [], tmp_path)
+    assert [p.name for p in written] == ["mask-overlap.png"]
+    assert_png(written[0])
+
+
+def test_bad_inputs_are_one_line_errors(figures_input, tmp_path: Path) -> None:
+    store, gg, gnu = figures_input
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": "something-else"}))
+    for path, message in [(broken, "cannot read"), (other, "not a supsup eval report")]:
+        with pytest.raises(InputError, match=message):
+            load_report(path)
+        result = runner.invoke(app, ["plot", str(store), str(path), "--out", str(tmp_path)])
+        assert result.exit_code == 2 and message in result.output
+    elsewhere = random_mask_store(tmp_path / "t.zarr", ["split:3", "split:4", "split:0"])
+    with pytest.raises(InputError, match="another store"):
+        plot_reports(elsewhere, [gg], tmp_path)
+    with pytest.raises(ConfigError, match="format"):
+        plot_reports(store, [gg], tmp_path, fmt="bmp")
+    with pytest.raises(ConfigError, match="GNu report"):
+        taskid_confusion(load_report(gg), tmp_path / "c.png")
+
+
+def test_bytes_series_uses_measured_entropy(figures_input) -> None:
+    _, gg, _ = figures_input
+    report = load_report(gg)
+    packed, floor = bytes_series([report])
+    assert packed.x == [3 * report["store"]["mask_bytes_per_task"]]
+    assert floor.x == [pytest.approx(3 * report["store"]["entropy_bytes_per_task"])]
+    assert floor.annotations == ["d=0.5"]
+
+
+def test_entropy_bytes_of_known_masks() -> None:
+    sizes = [int(np.prod(s)) for s in NET.mask_shapes]
+    half = np.packbits(np.arange(NET.mask_bits) % 2 == 0)  # every layer exactly half kept
+    empty = np.zeros_like(half)
+    assert entropy_bytes_per_task(np.stack([half]), NET.mask_shapes) == sum(sizes) / 8
+    assert entropy_bytes_per_task(np.stack([half, empty]), NET.mask_shapes) == sum(sizes) / 16
