@@ -39,8 +39,13 @@ def test_lenet_mask_size_matches_the_issue() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"arch": "resnet-9000"}, {"arch": "lenet-300-100", "outputs": 0},
-               {"arch": "lenet-300-100", "seed": -1}, {"arch": "lenet-300-100", "inputs": 100}]
+    "kwargs",
+    [
+        {"arch": "resnet-9000"},
+        {"arch": "lenet-300-100", "outputs": 0},
+        {"arch": "lenet-300-100", "seed": -1},
+        {"arch": "lenet-300-100", "inputs": 100},
+    ],
 )
 def test_bad_configs_are_refused(kwargs: dict) -> None:
     with pytest.raises(ConfigError):

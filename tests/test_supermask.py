@@ -1,4 +1,4 @@
-"""Supermask rules: top-k keeps the density asked, sign keeps score >= 0, gradients pass straight."""
+"""Supermask rules: top-k keeps the density asked, sign keeps score >= 0, straight gradients."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def test_score_masks_flatten_in_network_order() -> None:
     assert masks.flat_scores().tolist() == [1.0, -1.0, -2.0, 3.0, -0.5]
 
 
-@pytest.mark.parametrize("rule,density", [("topk", 0.0), ("topk", 1.5), ("topk", None), ("prune", 0.5)])
+@pytest.mark.parametrize(
+    "rule,density", [("topk", 0.0), ("topk", 1.5), ("topk", None), ("prune", 0.5)]
+)
 def test_bad_rules_are_refused(rule: str, density: float | None) -> None:
     with pytest.raises(ConfigError):
         check_rule(rule, density)

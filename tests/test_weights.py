@@ -43,7 +43,9 @@ def test_identical_bytes_in_two_separate_processes() -> None:
         "print(weight_digest(signed_kaiming_constant(7, 2, (100, 300))))"
     )
     digests = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
         for _ in range(2)
     }
     assert digests == {weight_digest(signed_kaiming_constant(7, 2, (100, 300))) + "\n"}
