@@ -1,0 +1,33 @@
+"""The foundation example pipeline runs as users run it (small sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        ["bash", str(EXAMPLES / script), *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_permuted_mnist_pipeline(tmp_path: Path) -> None:
+    result = run_example("permuted-mnist.sh", "p.zarr", "2", "60", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "task 0 on permuted:1" in result.stdout and "task 1 on permuted:2" in result.stdout
+    assert "ok p.zarr" in result.stdout
+    info = subprocess.run(
+        [sys.executable, "-m", "supsup_cli", "info", "p.zarr", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(info.stdout)["task_count"] == 2
