@@ -1,6 +1,7 @@
 """Command-line interface: parses options, calls one library function, renders the result."""
 
 from . import (  # noqa: F401  (importing a module registers its commands)
+    allocate_commands,
     infer_commands,
     masks_commands,
     plot_commands,

@@ -1,0 +1,315 @@
+"""allocate: the NNs decision on constructed gradients, the stream loop, audit log and budget."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from supsup_cli.allocate import (
+    ALLOCATE,
+    BUDGET,
+    CONTINUE,
+    DECISIONS,
+    REASON_FIRST,
+    REASON_FRESH,
+    REASON_UNSURE,
+    REUSE,
+    AllocateConfig,
+    AuditRow,
+    allocate_stream,
+    candidate_count,
+    decide,
+    parse_stream,
+    resumed_scores,
+)
+from supsup_cli.errors import ConfigError, DataSpecError, StoreMismatchError
+from supsup_cli.store import MaskStore
+from supsup_cli.supermask import ScoreMasks, kaiming_uniform_scores
+from supsup_cli.train import CreationOptions
+
+EPS = 0.125
+
+
+def gradient_with_p(p: float, k: int, winner: int = 0) -> torch.Tensor:
+    """∂H/∂α over k candidates whose softmax(-g) has max exactly p at `winner`, the rest equal."""
+    rest = (1.0 - p) / (k - 1)
+    g = torch.full((k,), -math.log(rest), dtype=torch.float64)
+    g[winner] = -math.log(p)
+    return g
+
+
+# -- the decision on constructed gradients --------------------------------------------------------
+
+
+def test_candidates_are_at_least_five():
+    assert [candidate_count(k) for k in (1, 4, 5, 6, 250)] == [5, 5, 5, 6, 250]
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 9, 40])
+def test_equal_gradients_allocate(k):
+    kp = candidate_count(k)
+    choice = decide(torch.full((kp,), 0.37), k, EPS)
+    assert choice.allocate and choice.reason == REASON_UNSURE
+    assert choice.p == pytest.approx(1 / kp)
+    assert choice.threshold == pytest.approx((1 + EPS) / kp)
+
+
+def test_equal_gradients_with_zero_epsilon_sit_on_the_threshold_and_do_not_allocate():
+    # p == threshold exactly (float64): the rule is strict, p < threshold allocates.
+    choice = decide(torch.zeros(5), 3, 0.0)
+    assert choice.p == choice.threshold == 0.2
+    assert not choice.allocate and choice.candidate == 0
+
+
+@pytest.mark.parametrize("k", [5, 8, 20])
+def test_threshold_edge(k):
+    threshold = (1 + EPS) / k
+    below = decide(gradient_with_p(threshold * (1 - 1e-9), k, winner=2), k, EPS)
+    above = decide(gradient_with_p(threshold * (1 + 1e-9), k, winner=2), k, EPS)
+    assert below.allocate and below.reason == REASON_UNSURE
+    assert not above.allocate and above.candidate == 2
+    assert below.p < below.threshold <= above.p
+
+
+def test_clear_winner_among_known_masks():
+    g = torch.tensor([-0.2, -0.9, -0.25, -0.21, -0.22, -0.2])
+    choice = decide(g, 6, EPS)
+    assert not choice.allocate and choice.candidate == 1
+    assert choice.p == pytest.approx(torch.softmax(-g.double(), 0).max().item())
+
+
+def test_an_untrained_candidate_that_wins_means_a_new_task():
+    # k = 2 known masks, 3 fresh ones; a fresh one (index 3) fits clearly best.
+    g = torch.tensor([-0.1, -0.1, -0.1, -2.0, -0.1])
+    choice = decide(g, 2, EPS)
+    assert choice.allocate and choice.reason == REASON_FRESH and choice.candidate == 3
+    assert choice.p >= choice.threshold
+
+
+def test_one_known_mask_that_fits_is_kept():
+    g = torch.tensor([-1.0, -0.2, -0.2, -0.2, -0.2])
+    choice = decide(g, 1, EPS)
+    assert not choice.allocate and choice.candidate == 0
+
+
+def test_scale_matters_small_gradients_allocate():
+    # The same ranking at a tenth of the scale is nearly uniform: p falls under the threshold.
+    g = torch.tensor([-1.0, -0.2, -0.2, -0.2, -0.2])
+    assert not decide(g, 1, EPS).allocate
+    assert decide(g / 10, 1, EPS).allocate
+
+
+@given(
+    k=st.integers(1, 30),
+    values=st.lists(st.floats(-5, 5, allow_nan=False), min_size=30, max_size=30),
+    epsilon=st.floats(0, 1),
+)
+@settings(max_examples=200, deadline=None)
+def test_decision_properties(k, values, epsilon):
+    kp = candidate_count(k)
+    g = torch.tensor(values[:kp], dtype=torch.float64)
+    choice = decide(g, k, epsilon)
+    probabilities = torch.softmax(-g, 0)
+    assert choice.p == pytest.approx(float(probabilities.max()))
+    assert choice.threshold == pytest.approx((1 + epsilon) / kp)
+    assert choice.allocate == (choice.p < choice.threshold or choice.candidate >= k)
+    assert 1 / kp - 1e-12 <= choice.p <= 1
+    # Shifting every gradient by a constant changes nothing (softmax is shift-invariant).
+    shifted = decide(g + 3.0, k, epsilon)
+    assert shifted.allocate == choice.allocate or abs(choice.p - choice.threshold) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("gradient", "known", "message"),
+    [
+        (torch.zeros(4), 1, "expected k' = 5"),
+        (torch.zeros(6), 5, "expected k' = 5"),
+        (torch.tensor([0.0, 1.0, float("nan"), 0.0, 0.0]), 2, "not finite"),
+        (torch.zeros(5), 0, "at least one known mask"),
+    ],
+)
+def test_decide_rejects_bad_input(gradient, known, message):
+    with pytest.raises(ConfigError, match=message):
+        decide(gradient, known, EPS)
+
+
+def test_decide_rejects_bad_epsilon():
+    with pytest.raises(ConfigError, match="epsilon"):
+        decide(torch.zeros(5), 1, -0.1)
+
+
+# -- configuration and the stream spec -------------------------------------------------------------
+
+
+def test_parse_stream_keeps_order_and_repeats():
+    assert parse_stream("permuted:1,2,1,3,2") == [f"permuted:{i}" for i in (1, 2, 1, 3, 2)]
+    assert parse_stream("permuted:1, rotated:30") == ["permuted:1", "rotated:30"]
+    with pytest.raises(DataSpecError):
+        parse_stream("permuted:1,,2")
+    with pytest.raises(DataSpecError):
+        parse_stream("bogus:1")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batches_per_segment": 0},
+        {"check_every": 0},
+        {"epsilon": -1.0},
+        {"budget": 0},
+        {"objective": "Q"},
+        {"lr": 0.0},
+        {"batch_size": 0},
+    ],
+)
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ConfigError):
+        AllocateConfig(**bad)
+
+
+@pytest.mark.parametrize("rule", ["sign", "topk"])
+def test_resumed_scores_give_back_the_mask(rule):
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(30, 20), (10, 30)]
+    density = 0.3 if rule == "topk" else None
+    original = ScoreMasks([kaiming_uniform_scores(s, generator) for s in shapes], rule, density)
+    bits = original.mask_bits()
+    resumed = ScoreMasks(resumed_scores(bits, shapes), rule, density)
+    assert np.array_equal(resumed.mask_bits(), bits)
+    for scores, shape in zip(resumed.scores, shapes, strict=True):
+        assert scores.abs().max() <= 1 / math.sqrt(shape[1]) + 1e-7
+
+
+def test_audit_row_round_trip():
+    row = AuditRow(100, 0, "permuted:1", CONTINUE, 0, 0.5, 0.225, 5, "", "t")
+    assert AuditRow.from_dict(row.to_dict() | {"unknown": 1}) == row
+    assert set(DECISIONS) == {ALLOCATE, CONTINUE, REUSE, BUDGET}
+
+
+# -- the stream loop (small: segments of 30 batches of 32, a check every 10) -----------------------
+
+QUICK = AllocateConfig(batches_per_segment=30, check_every=10, batch_size=32)
+
+
+def read_log(path: Path) -> list[AuditRow]:
+    return [AuditRow.from_dict(row) for row in MaskStore.open(path).read_log()]
+
+
+def test_first_batch_allocates_into_a_new_sign_store(tmp_path):
+    path = tmp_path / "s.zarr"
+    outcome = allocate_stream(path, "permuted:1", QUICK)
+    store = MaskStore.open(path)
+    assert outcome.created_store and store.header.mask_rule == "sign"
+    assert store.net.outputs == 100 and store.task_count >= 1
+    assert outcome.decisions[0].decision == ALLOCATE
+    assert outcome.decisions[0].reason == REASON_FIRST and outcome.decisions[0].p is None
+    assert outcome.batches_trained == 30
+    # The log in the store is exactly what the run decided, in order.
+    assert read_log(path) == list(outcome.decisions)
+    assert [r.batch for r in outcome.decisions] == [0, 10, 20]
+    assert store.verify() == []
+
+
+def test_audit_log_contents(tmp_path):
+    path = tmp_path / "s.zarr"
+    outcome = allocate_stream(path, "permuted:1,2", QUICK)
+    rows = read_log(path)
+    assert rows == list(outcome.decisions)
+    assert [(r.batch, r.segment, r.data) for r in rows] == [
+        (0, 0, "permuted:1"),
+        (10, 0, "permuted:1"),
+        (20, 0, "permuted:1"),
+        (30, 1, "permuted:2"),
+        (40, 1, "permuted:2"),
+        (50, 1, "permuted:2"),
+    ]
+    store = MaskStore.open(path)
+    for row in rows[1:]:
+        assert row.decision in DECISIONS and row.candidates == max(5, row.candidates)
+        assert row.threshold == pytest.approx((1 + EPS) / row.candidates, abs=1e-6)
+        assert (row.decision == ALLOCATE) == (row.p < row.threshold or row.reason == REASON_FRESH)
+        assert 0 <= row.mask < store.task_count
+    allocations = [r.mask for r in rows if r.decision == ALLOCATE]
+    assert allocations == list(range(store.task_count)) == list(outcome.allocated)
+    assert store.verify() == []
+
+
+def test_budget_stops_the_run_and_says_so(tmp_path):
+    path = tmp_path / "s.zarr"
+    # epsilon 4: the threshold (1 + 4)/5 = 1 can never be reached, so every check allocates.
+    config = AllocateConfig(
+        batches_per_segment=30, check_every=10, batch_size=32, epsilon=4.0, budget=2
+    )
+    outcome = allocate_stream(path, "permuted:1", config)
+    assert outcome.budget_stopped and outcome.masks_after == 2
+    assert [r.decision for r in outcome.decisions] == [ALLOCATE, ALLOCATE, BUDGET]
+    assert outcome.decisions[-1].mask is None and outcome.batches_trained == 20
+    store = MaskStore.open(path)
+    assert store.task_count == 2
+    assert read_log(path)[-1].decision == BUDGET
+    assert store.verify() == []
+
+
+def test_budget_already_spent_by_an_existing_store(tmp_path, permuted_store):
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(permuted_store, path)
+    config = AllocateConfig(batches_per_segment=10, check_every=10, batch_size=32, budget=3)
+    # permuted:9 is new to the store's 3 masks; with epsilon 4 any check wants a new mask.
+    outcome = allocate_stream(path, "permuted:9", replace_eps(config, 4.0))
+    assert outcome.budget_stopped and outcome.batches_trained == 0
+    store = MaskStore.open(path)
+    assert store.task_count == 3 and [AuditRow.from_dict(r).decision for r in store.read_log()] == [
+        BUDGET
+    ]
+
+
+def replace_eps(config: AllocateConfig, epsilon: float) -> AllocateConfig:
+    from dataclasses import replace
+
+    return replace(config, epsilon=epsilon)
+
+
+def test_works_on_a_store_grown_with_train_task(tmp_path, permuted_store):
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(permuted_store, path)
+    before = MaskStore.open(path)
+    old_masks = before.read_packed()
+    config = AllocateConfig(batches_per_segment=40, check_every=20, batch_size=64)
+    outcome = allocate_stream(path, "permuted:2", config)
+    store = MaskStore.open(path)
+    assert outcome.masks_before == 3 and store.task_count == outcome.masks_after
+    first = outcome.decisions[0]
+    # Trained 250 batches on permuted:2, task 1 fits its own data clearly.
+    assert first.decision == REUSE and first.mask == 1 and first.p >= first.threshold
+    record = store.task(1)
+    assert record.revision >= 1 and record.train["batches"] == 250 + 40
+    assert store.header.mask_rule == "topk"
+    assert np.array_equal(store.read_packed([0, 2]), old_masks[[0, 2]])
+    assert store.verify() == []
+
+
+def test_creation_options_that_contradict_the_store_are_refused(tmp_path, permuted_store):
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(permuted_store, path)
+    with pytest.raises(StoreMismatchError):
+        allocate_stream(path, "permuted:1", QUICK, CreationOptions(mask_rule="sign"))
+    assert MaskStore.open(path).task_count == 3
+
+
+def test_bad_spec_writes_nothing(tmp_path):
+    path = tmp_path / "s.zarr"
+    with pytest.raises(DataSpecError):
+        allocate_stream(path, "permuted:1,split:9", QUICK)
+    assert not path.exists()
+
+
+def test_networks_with_per_task_statistics_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="per-task statistics"):
+        allocate_stream(tmp_path / "s.zarr", "split:0", QUICK, CreationOptions(arch="bn-2048-2048"))
