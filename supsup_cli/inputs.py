@@ -3,6 +3,7 @@ paths read from stdin ('-'). Everything becomes normalised (n, 784) float32, as 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,20 +102,26 @@ def _read_image(path: Path) -> np.ndarray:
     """Greyscale, resized to 28 x 28 (bilinear), uint8 (28, 28)."""
     from PIL import Image, UnidentifiedImageError
 
+    bombs = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
-        with Image.open(path) as image:
-            grey = image.convert("L")
-            if grey.size != (SIDE, SIDE):
-                grey = grey.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
-            return np.array(grey, dtype=np.uint8)  # a writable copy
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        with warnings.catch_warnings():
+            # Past PIL's pixel limit an image is refused, not decoded with a warning on stderr.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                grey = image.convert("L")
+                if grey.size != (SIDE, SIDE):
+                    grey = grey.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+                return np.array(grey, dtype=np.uint8)  # a writable copy
+    except (OSError, UnidentifiedImageError, ValueError, *bombs) as error:
         raise InputError(f"{path}: cannot read the image ({_reason(error)})") from error
 
 
 def _read_array(path: Path) -> np.ndarray:
     """(n, 28, 28) or (n, 784): uint8 0..255, or float in [0, 1]; never unpickled."""
     try:
-        array = np.load(path, allow_pickle=False)
+        # mmap first: a header that claims more data than the file holds is refused by the
+        # mapping, before anything of its claimed size is allocated
+        array = np.array(np.load(path, allow_pickle=False, mmap_mode="r"))
     except (OSError, ValueError, EOFError) as error:
         raise InputError(f"{path}: cannot read the array ({_reason(error)})") from error
     if array.ndim == 2 and array.shape[1] == SIDE * SIDE:

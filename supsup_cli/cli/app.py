@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import ConfigError, SupsupError
@@ -31,8 +32,12 @@ app = typer.Typer(
 console = Console(stderr=True, highlight=False)
 _state = {"debug": False}
 
-StoreArg = Annotated[
-    Path, typer.Argument(help="Path of the mask store (a Zarr v3 directory).", show_default=False)
+StoreArg = Annotated[  # a str, not a Path: Path would fold the '//' of 's3://bucket/store.zarr'
+    str,
+    typer.Argument(
+        help="The mask store: a folder (Zarr v3) or an fsspec URL such as s3://bucket/store.zarr.",
+        show_default=False,
+    ),
 ]
 DataRootOpt = Annotated[
     Path | None,
@@ -77,7 +82,8 @@ def command(
                 if _state["debug"]:
                     traceback.print_exc()
                 message = " ".join(str(error).split()) or type(error).__name__
-                console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+                # escape: a path or a store's text may hold '[...]', which rich reads as markup
+                console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
                 raise typer.Exit(2) from None
 
         return (group or app).command(name, **kwargs)(guarded)
@@ -104,10 +110,11 @@ def emit_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
-def say(message: str, quiet: bool = False) -> None:
-    """A human message on stderr (stdout stays clean for pipes)."""
+def say(message: str, quiet: bool = False, style: str | None = None) -> None:
+    """A human message on stderr (stdout stays clean for pipes). Plain text, not rich markup:
+    messages carry paths and store text, whose '[...]' must print as typed."""
     if not quiet:
-        console.print(message, soft_wrap=True)
+        console.print(message, soft_wrap=True, markup=False, style=style)
 
 
 @contextmanager
