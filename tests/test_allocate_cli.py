@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,19 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
     assert not path.exists()
+
+
+def test_example_script_runs(tmp_path):
+    """examples/nns-stream.sh as a user runs it, at a tiny size."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "nns-stream.sh"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(
+        ["bash", str(example), "s.zarr", "20", "10", "permuted:1,2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "purity" in result.stdout and "ok s.zarr" in result.stdout
+    assert "no masks yet" in result.stdout  # the log printed by `info --log`
