@@ -14,7 +14,7 @@ import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,6 +38,69 @@ RECORD_BYTES: Final = 4096
 LOCK_NAME: Final = ".supsup.lock"
 LOCK_TIMEOUT_SECONDS: Final = float(os.environ.get("SUPSUP_LOCK_TIMEOUT", "600"))
 SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
+MAX_HOPFIELD_BITS: Final = 16_384  # d x d float32 energy: 1 GiB at this limit
+HOPFIELD_RULE: Final = "storkey-v1"
+HOPFIELD_GROUP: Final = "hopfield"
+
+
+@dataclass(frozen=True)
+class HopfieldState:
+    """The header's `hopfield` block: the tasks folded into the energy matrix Psi (in encoding
+    order), those whose mask rows were dropped, and the generation that names Psi's arrays."""
+
+    generation: int
+    tasks: tuple[int, ...]
+    dropped: tuple[int, ...]
+    sha256: str
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "rule": HOPFIELD_RULE,
+            "dtype": "float32",
+            "generation": self.generation,
+            "tasks": list(self.tasks),
+            "dropped": list(self.dropped),
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Any, mask_bits: int, task_count: int) -> HopfieldState:
+        """Parse and check the block (reader rule R10) before any Hopfield array is read."""
+        if not isinstance(attrs, dict):
+            raise StoreError("invalid 'hopfield' block: not an object")
+        if attrs.get("rule") != HOPFIELD_RULE or attrs.get("dtype") != "float32":
+            raise StoreError(
+                f"unknown Hopfield rule or dtype {attrs.get('rule')!r}/{attrs.get('dtype')!r}"
+            )
+        if mask_bits > MAX_HOPFIELD_BITS:
+            raise StoreError(
+                f"a Hopfield matrix needs d <= {MAX_HOPFIELD_BITS:,}; the network has {mask_bits:,}"
+            )
+        generation, tasks, dropped = (attrs.get(k) for k in ("generation", "tasks", "dropped"))
+        if not _is_int(generation) or generation < 1:
+            raise StoreError(f"invalid Hopfield generation {generation!r}")
+        for name, value in (("tasks", tasks), ("dropped", dropped)):
+            if (
+                not isinstance(value, list)
+                or not all(_is_int(t) and 0 <= t < task_count for t in value)
+                or len(set(value)) != len(value)
+            ):
+                raise StoreError(
+                    f"invalid Hopfield '{name}': must be distinct committed task indices"
+                )
+        if not tasks or not set(dropped) <= set(tasks):
+            raise StoreError("invalid Hopfield block: no tasks, or a dropped task not encoded")
+        digest = attrs.get("sha256")
+        if not isinstance(digest, str) or not SHA256_PATTERN.fullmatch(digest):
+            raise StoreError("invalid Hopfield 'sha256': not 64 lowercase hex digits")
+        return cls(generation, tuple(tasks), tuple(dropped), digest)
+
+
+def hopfield_checksum(psi: np.ndarray, pattern_sum: np.ndarray) -> str:
+    """sha256 of Psi's little-endian float32 bytes followed by the pattern sum's int32 bytes."""
+    digest = hashlib.sha256(np.ascontiguousarray(psi, dtype="<f4").tobytes())
+    digest.update(np.ascontiguousarray(pattern_sum, dtype="<i4").tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -48,6 +111,7 @@ class StoreHeader:
     mask_rule: str
     density: float | None
     task_count: int = 0
+    hopfield: HopfieldState | None = None
 
     @property
     def mask_bits(self) -> int:
@@ -70,7 +134,7 @@ class StoreHeader:
                 "bytes": self.mask_bytes,
             },
             "task_count": self.task_count,
-        }
+        } | ({} if self.hopfield is None else {"hopfield": self.hopfield.to_attrs()})
 
     @classmethod
     def from_attrs(cls, attrs: Any) -> StoreHeader:
@@ -114,7 +178,10 @@ class StoreHeader:
         count = attrs.get("task_count")
         if not _is_int(count) or not 0 <= count <= MAX_TASKS:
             raise StoreError(f"invalid task_count {count!r} (must be in [0, {MAX_TASKS}])")
-        return cls(net, mask["rule"], None if density is None else float(density), count)
+        hopfield = attrs.get("hopfield")
+        if hopfield is not None:
+            hopfield = HopfieldState.from_attrs(hopfield, net.mask_bits, count)
+        return cls(net, mask["rule"], None if density is None else float(density), count, hopfield)
 
 
 @dataclass(frozen=True)
@@ -297,6 +364,12 @@ class MaskStore:
         indices = list(range(self.task_count)) if indices is None else list(indices)
         for index in indices:
             self._check_index(index)
+        dropped = sorted(set(indices) & set(self.dropped_tasks()))
+        if dropped:
+            raise StoreError(
+                f"{self.path}: the masks of task(s) {dropped} were dropped by "
+                "`hopfield-encode --drop-masks`; only Hopfield recovery can use them"
+            )
         records = self.tasks()
         if indices == list(range(len(indices))):
             packed = self._arrays["masks"][: len(indices)]
@@ -334,11 +407,15 @@ class MaskStore:
         """Full check (reader rule R9): records, checksums, padding bits, counts. [] if sound."""
         problems: list[str] = []
         total = np.zeros(self.header.mask_bits, dtype=np.uint64)
+        hopfield = self.header.hopfield
+        encoded_kept = np.zeros(self.header.mask_bits, dtype=np.int64)
         for index in range(self.task_count):
             try:
                 record = self.task(index)
             except StoreError as error:
                 problems.append(str(error))
+                continue
+            if index in self.dropped_tasks():  # no mask bytes to check; R10 accounts for them
                 continue
             packed = self._arrays["masks"][index]
             if mask_checksum(packed) != record.sha256:
@@ -346,12 +423,165 @@ class MaskStore:
                 continue
             if not padding_is_zero(packed, self.header.mask_bits):
                 problems.append(f"task {index}: padding bits of the last mask byte are not zero")
-            total += unpack_mask(packed, self.header.mask_bits)
+            bits = unpack_mask(packed, self.header.mask_bits)
+            total += bits
+            if hopfield is not None and index in hopfield.tasks:
+                encoded_kept += bits
+        if hopfield is not None:
+            dropped_bits = self._verify_hopfield(encoded_kept, problems)
+            total += dropped_bits.astype(np.uint64)
+        if "task_stats" in self._arrays:
+            stats = self._arrays["task_stats"][: self.task_count]
+            if not np.all(np.isfinite(stats)):
+                problems.append("task_stats holds non-finite values")
         if not problems and not np.array_equal(total, self.mask_counts()):
             problems.append("mask_counts disagree with the sum of the committed masks")
         if not np.all(np.isfinite(self._arrays["score_sum"][self.task_count % 2])):
             problems.append("score_sum holds non-finite values")
         return problems
+
+    # -- per-task statistics and the Hopfield energy (hopfield.py computes, this keeps bytes) ---
+    def read_task_stats(self, index: int) -> torch.Tensor:
+        """One task's BatchNorm statistics, float32 (stats_size,), for nets that keep them."""
+        self._check_index(index)
+        if "task_stats" not in self._arrays:
+            raise StoreError(f"{self.path}: {self.net.arch} keeps no per-task statistics")
+        row = self._arrays["task_stats"][index]
+        if not np.all(np.isfinite(row)):
+            raise StoreError(f"{self.path}: task {index}: statistics hold non-finite values")
+        return torch.from_numpy(np.ascontiguousarray(row, dtype=np.float32))
+
+    def dropped_tasks(self) -> tuple[int, ...]:
+        """Tasks whose mask rows were dropped after Hopfield encoding (only Psi holds them)."""
+        return () if self.header.hopfield is None else self.header.hopfield.dropped
+
+    def read_hopfield(self) -> tuple[np.ndarray, np.ndarray]:
+        """Psi float32 (d, d) and the sum of the encoded +-1 patterns int32 (d,), checksummed."""
+        state = self.header.hopfield
+        if state is None:
+            raise StoreError(f"{self.path}: no task is Hopfield-encoded (run hopfield-encode)")
+        psi, pattern_sum = (array[...] for array in self._hopfield_arrays(state))
+        if hopfield_checksum(psi, pattern_sum) != state.sha256:
+            raise StoreError(f"{self.path}: the Hopfield matrix does not match its sha256")
+        return psi, pattern_sum
+
+    def commit_hopfield(
+        self,
+        psi: np.ndarray,
+        pattern_sum: np.ndarray,
+        tasks: Sequence[int],
+        based_on: int,
+    ) -> HopfieldState:
+        """Write Psi as a new generation aside, then commit the header pointing at it.
+
+        `based_on` is the generation the caller updated (0: none); if another writer committed
+        since, nothing is written and the caller must start again from the new Psi.
+        """
+        d = self.header.mask_bits
+        psi = np.ascontiguousarray(psi, dtype=np.float32)
+        pattern_sum = np.ascontiguousarray(pattern_sum, dtype=np.int32)
+        if psi.shape != (d, d) or pattern_sum.shape != (d,):
+            raise StoreMismatchError(f"Psi must be ({d}, {d}) and the pattern sum ({d},)")
+        with _write_lock(self.path):
+            fresh = MaskStore.open(self.path, writable=True)
+            current = fresh.header.hopfield
+            if (0 if current is None else current.generation) != based_on:
+                raise StoreError(
+                    f"{self.path}: another writer changed the Hopfield matrix meanwhile; run again"
+                )
+            state = HopfieldState(
+                based_on + 1,
+                tuple(int(t) for t in tasks),
+                () if current is None else current.dropped,
+                hopfield_checksum(psi, pattern_sum),
+            )
+            HopfieldState.from_attrs(state.to_attrs(), d, fresh.task_count)  # same checks as R10
+            root = fresh._hopfield_root()
+            for stale in [name for name in root.group_keys() if name != f"g{based_on}"]:
+                del root[stale]  # left by a writer killed before its commit
+            generation = root.create_group(f"g{state.generation}")
+            generation.create_array(
+                "psi", shape=(d, d), chunks=(d, d), dtype="float32", compressors=None
+            )[...] = psi
+            generation.create_array(
+                "pattern_sum", shape=(d,), chunks=(d,), dtype="int32", compressors=None
+            )[...] = pattern_sum
+            fresh._commit_header(replace(fresh.header, hopfield=state))
+            if f"g{based_on}" in root.group_keys():
+                del root[f"g{based_on}"]
+        self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
+        return state
+
+    def drop_masks(self, tasks: Sequence[int]) -> HopfieldState:
+        """Mark encoded tasks' masks dropped (the commit), then clear their mask rows."""
+        with _write_lock(self.path):
+            fresh = MaskStore.open(self.path, writable=True)
+            current = fresh.header.hopfield
+            missing = sorted(set(tasks) - set(() if current is None else current.tasks))
+            if current is None or missing:
+                raise StoreError(
+                    f"{self.path}: only Hopfield-encoded tasks can drop their masks"
+                    + (f" (not encoded: {missing})" if missing else "")
+                )
+            added = tuple(t for t in current.tasks if t in set(tasks) - set(current.dropped))
+            state = replace(current, dropped=current.dropped + added)
+            fresh._commit_header(replace(fresh.header, hopfield=state))
+            empty = np.zeros(fresh.header.mask_bytes, dtype=np.uint8)
+            for index in state.dropped:  # also finishes a drop interrupted after its commit
+                fresh._arrays["masks"][index] = empty  # equals the fill value: the chunk is removed
+        self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
+        return state
+
+    def _hopfield_root(self) -> zarr.Group:
+        if HOPFIELD_GROUP not in self._group:
+            return self._group.create_group(HOPFIELD_GROUP)
+        return self._group[HOPFIELD_GROUP]
+
+    def _hopfield_arrays(self, state: HopfieldState) -> tuple[zarr.Array, zarr.Array]:
+        """Reader rule R11: Psi and the pattern sum of the committed generation, shapes checked."""
+        d, name = self.header.mask_bits, f"{HOPFIELD_GROUP}/g{state.generation}"
+        expected = {"psi": ("float32", (d, d)), "pattern_sum": ("int32", (d,))}
+        arrays = []
+        for key, (dtype, shape) in expected.items():
+            try:
+                array = self._group[f"{name}/{key}"]
+            except Exception as error:
+                raise StoreError(
+                    f"{self.path}: Hopfield array '{name}/{key}' is missing ({_one_line(error)})"
+                ) from error
+            if (
+                not isinstance(array, zarr.Array)
+                or str(array.dtype) != dtype
+                or array.shape != shape
+                or tuple(array.chunks) != shape
+            ):
+                raise StoreError(
+                    f"{self.path}: Hopfield array '{name}/{key}' must be {dtype} {shape}, one chunk"
+                )
+            arrays.append(array)
+        return arrays[0], arrays[1]
+
+    def _verify_hopfield(self, encoded_kept: np.ndarray, problems: list[str]) -> np.ndarray:
+        """Check Psi (R10, R11, checksum, finite, symmetric) and the pattern sum; return the
+        per-weight count of the dropped masks, which the pattern sum determines."""
+        state = self.header.hopfield
+        none = np.zeros(self.header.mask_bits, dtype=np.int64)
+        try:
+            psi, pattern_sum = self.read_hopfield()
+        except StoreError as error:
+            problems.append(str(error))
+            return none
+        if not np.all(np.isfinite(psi)) or not np.array_equal(psi, psi.T):
+            problems.append("the Hopfield matrix is not finite and symmetric")
+        encoded_ones = pattern_sum.astype(np.int64) + len(state.tasks)  # 2 x (ones of the masks)
+        if np.any(encoded_ones % 2) or np.any(encoded_ones < 0):
+            problems.append("the Hopfield pattern sum is not a sum of +-1 patterns")
+            return none
+        dropped = encoded_ones // 2 - encoded_kept
+        if np.any(dropped < 0) or np.any(dropped > len(state.dropped)):
+            problems.append("the Hopfield pattern sum disagrees with the kept masks")
+            return none
+        return dropped
 
     # -- writing ------------------------------------------------------------------------------
     def append_task(
@@ -365,8 +595,16 @@ class MaskStore:
         train: dict[str, Any],
         created: str,
         seconds: float | None,
+        task_stats: torch.Tensor | None = None,
     ) -> TaskRecord:
         """Append one task atomically under the writer lock; returns its record."""
+        stats_size = self.header.net.stats_size
+        stats = None if task_stats is None else task_stats.detach().float().cpu().numpy().ravel()
+        if (0 if stats is None else stats.size) != stats_size:
+            raise StoreMismatchError(
+                f"{0 if stats is None else stats.size} per-task statistics given; the store's "
+                f"network keeps {stats_size}"
+            )
         bits = np.asarray(mask_bits, dtype=bool).ravel()
         flat_scores = scores.detach().float().cpu().numpy().ravel()
         if bits.size != self.header.mask_bits or flat_scores.size != self.header.mask_bits:
@@ -391,7 +629,7 @@ class MaskStore:
                 created=created,
                 seconds=seconds,
             )
-            fresh._write_task_rows(index, packed, record)
+            fresh._write_task_rows(index, packed, record, stats)
             arrays = fresh._arrays
             arrays["mask_counts"][(index + 1) % 2] = arrays["mask_counts"][index % 2] + bits
             arrays["score_sum"][(index + 1) % 2] = arrays["score_sum"][index % 2] + flat_scores
@@ -399,17 +637,22 @@ class MaskStore:
         self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
         return record
 
-    def _write_task_rows(self, index: int, packed: np.ndarray, record: TaskRecord) -> None:
-        for name in ("masks", "records"):
-            if self._arrays[name].shape[0] <= index:
+    def _write_task_rows(
+        self, index: int, packed: np.ndarray, record: TaskRecord, stats: np.ndarray | None = None
+    ) -> None:
+        for name in ("masks", "records", "task_stats"):
+            if name in self._arrays and self._arrays[name].shape[0] <= index:
                 self._arrays[name].resize((index + 1, self._arrays[name].shape[1]))
         self._arrays["masks"][index] = packed
         self._arrays["records"][index] = record.encode()
+        if stats is not None:
+            self._arrays["task_stats"][index] = stats
 
     def _commit(self, task_count: int) -> None:
-        header = StoreHeader(
-            self.header.net, self.header.mask_rule, self.header.density, task_count
-        )
+        self._commit_header(replace(self.header, task_count=task_count))
+
+    def _commit_header(self, header: StoreHeader) -> None:
+        """The one atomic write that makes everything written before it part of the store."""
         self._group.attrs[ATTRIBUTE_KEY] = header.to_attrs()
         self.header = header
 
@@ -482,6 +725,11 @@ def _initialise(path: str, header: StoreHeader) -> None:
     group.create_array(
         "score_sum", shape=(2, bits), chunks=(1, bits), dtype="float32", fill_value=0
     )
+    if header.net.stats_size:
+        stats = header.net.stats_size
+        group.create_array(
+            "task_stats", shape=(0, stats), chunks=(1, stats), dtype="float32", fill_value=0
+        )
     group.attrs.put({ATTRIBUTE_KEY: header.to_attrs()})
 
 
@@ -494,6 +742,8 @@ def _checked_arrays(group: zarr.Group, header: StoreHeader) -> dict[str, zarr.Ar
         "mask_counts": ("uint32", bits, (1, bits)),
         "score_sum": ("float32", bits, (1, bits)),
     }
+    if header.net.stats_size:
+        expected["task_stats"] = ("float32", header.net.stats_size, (1, header.net.stats_size))
     arrays = {}
     for name, (dtype, width, chunks) in expected.items():
         try:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .data import TaskData, load_task
 from .errors import ConfigError, StoreError, StoreMismatchError
-from .nets import NetConfig, build_net
+from .nets import NetConfig, PerTaskStats, build_net
 from .store import MaskStore, TaskRecord
 from .supermask import ScoreMasks, bits_to_masks, check_rule, kaiming_uniform_scores, split_flat
 
@@ -26,6 +26,8 @@ DEFAULT_DENSITY: Final = 0.5
 SCORES_TAG: Final = 0x53434F52  # "SCOR": keeps score-init seeds apart from other streams
 MAX_BATCHES: Final = 10_000_000
 MAX_BATCH_SIZE: Final = 65_536
+SGD_MOMENTUM: Final = 0.9
+OPTIMIZERS: Final = ("rmsprop", "sgd")
 
 ProgressCallback = Callable[[int, float], None]
 
@@ -48,8 +50,10 @@ class TrainConfig:
             raise ConfigError(f"batch size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
         if not 1 <= self.batches <= MAX_BATCHES:
             raise ConfigError(f"batches must be in [1, {MAX_BATCHES}], got {self.batches}")
-        if self.optimizer != "rmsprop":
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: rmsprop")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +68,7 @@ class TrainResult:
     accuracy: float
     final_loss: float
     seconds: float
+    task_stats: torch.Tensor | None = None  # per-task BatchNorm statistics, for nets that keep them
 
 
 def initial_scores(
@@ -86,10 +91,22 @@ def train_mask(
     device: torch.device | str = "cpu",
     progress: ProgressCallback | None = None,
 ) -> TrainResult:
-    """Edge-popup: RMSprop on the scores, cross-entropy through the straight-through mask."""
+    """Edge-popup: RMSprop or SGD on the scores, cross-entropy through the straight-through mask.
+
+    Nets with per-task statistics (BatchNorm) start them afresh, train on batch statistics, and
+    return the running statistics with the mask; the net is left in eval mode either way.
+    """
     started = time.perf_counter()
     masks = ScoreMasks(scores, rule, density).to(device)
-    optimizer = torch.optim.RMSprop(masks.parameters(), lr=config.lr)
+    optimizer = (
+        torch.optim.SGD(masks.parameters(), lr=config.lr, momentum=SGD_MOMENTUM)
+        if config.optimizer == "sgd"
+        else torch.optim.RMSprop(masks.parameters(), lr=config.lr)
+    )
+    per_task = isinstance(net, PerTaskStats)
+    if per_task:
+        net.reset_task_stats()
+        net.train()
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     generator = torch.Generator().manual_seed(config.init_seed)
     order, cursor, loss_value = torch.randperm(len(train_x), generator=generator), 0, float("nan")
@@ -107,11 +124,17 @@ def train_mask(
             progress(step + 1, loss_value)
     if progress is None:
         loss_value = loss.item()
+    net.eval()
     with torch.no_grad():
         final = [m.detach() for m in masks()]
     accuracy = evaluate(net, final, data.test_x, data.test_y, data.classes, device)
     return TrainResult(
-        masks.mask_bits(), masks.flat_scores(), accuracy, loss_value, time.perf_counter() - started
+        masks.mask_bits(),
+        masks.flat_scores(),
+        accuracy,
+        loss_value,
+        time.perf_counter() - started,
+        net.task_stats() if per_task else None,
     )
 
 
@@ -235,6 +258,7 @@ def train_task(
         train=config.to_dict(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         seconds=round(result.seconds, 3),
+        task_stats=result.task_stats,
     )
     return TaskOutcome(record, result, created, store.header.mask_bytes)
 
@@ -284,6 +308,8 @@ def evaluate_task(
     record = store.task(index)
     data = load_task(spec or record.data, data_root)
     net = build_net(store.net, device)
+    if isinstance(net, PerTaskStats):
+        net.load_task_stats(store.read_task_stats(index))
     masks = bits_to_masks(store.read_mask(index), store.net.mask_shapes, device)
     classes = record.classes
     accuracy = evaluate(net, masks, data.test_x, data.test_y, classes, device)

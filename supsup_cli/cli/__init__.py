@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401  (importing a module registers its commands)
     allocate_commands,
+    hopfield_commands,
     infer_commands,
     masks_commands,
     plot_commands,

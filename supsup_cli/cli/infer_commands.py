@@ -10,6 +10,7 @@ import typer
 
 from ..data import expand_specs
 from ..errors import ConfigError
+from ..hopfield import DEFAULT_GAMMA, DEFAULT_STEPS
 from ..inputs import read_inputs
 from ..store import MaskStore
 from ..taskid import (
@@ -33,6 +34,8 @@ from .app import (
     resolve_device,
     say,
 )
+from .hopfield_commands import HOPFIELD_HELP, HOPFIELD_METHOD, GammaOpt, StepsOpt
+from .hopfield_commands import run_infer as run_hopfield_infer
 
 
 def _choices(registry: dict) -> str:
@@ -59,7 +62,10 @@ def infer(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option("--method", help=f"How to infer the task. {_choices(METHODS)}.")
+        str,
+        typer.Option(
+            "--method", help=f"How to infer the task. {_choices(METHODS)}; {HOPFIELD_HELP}."
+        ),
     ] = "one-shot",
     objective: Annotated[
         str, typer.Option("--objective", help=f"What to minimise. {_choices(OBJECTIVES)}.")
@@ -83,6 +89,8 @@ def infer(
     trial_seed: Annotated[
         int, typer.Option("--trial-seed", help="Seed of the random test batches of --trials.")
     ] = 0,
+    steps: StepsOpt = DEFAULT_STEPS,
+    gamma: GammaOpt = DEFAULT_GAMMA,
     skip_bad: Annotated[
         bool,
         typer.Option("--skip-bad", help="Report unreadable files on stderr and go on."),
@@ -98,6 +106,21 @@ def infer(
         raise ConfigError("give either images (a folder, file or '-') or --data, not both")
     if per not in PER_MODES:
         raise ConfigError(f"unknown --per {per!r}; valid: {', '.join(PER_MODES)}")
+    if method == HOPFIELD_METHOD:  # recovers masks from the energy matrix, not the mask bank
+        run_hopfield_infer(
+            store,
+            source,
+            data,
+            batch=batch,
+            steps=steps,
+            gamma=gamma,
+            skip_bad=skip_bad,
+            data_root=data_root,
+            device=resolve_device(device),
+            quiet=quiet,
+            json_out=json_out,
+        )
+        return
     bank = MaskBank.from_store(MaskStore.open(store), resolve_device(device))
     if data is not None:
         specs = expand_specs(data)
