@@ -8,6 +8,7 @@ the growth of the process's peak RSS over its size after imports and building th
 
     python benchmarks/taskid.py                 # k = 2,500 (store built once under benchmarks/out)
     python benchmarks/taskid.py --tasks 200     # quicker
+    python benchmarks/taskid.py --accuracy STORE --specs permuted:1..5   # task-id accuracy table
 """
 
 from __future__ import annotations
@@ -28,10 +29,19 @@ import torch
 
 from supsup_cli import bitkernel
 from supsup_cli.bits import packed_matmul
+from supsup_cli.data import expand_specs, load_task
 from supsup_cli.nets import NetConfig, build_net
 from supsup_cli.store import MaskStore
 from supsup_cli.supermask import split_flat
-from supsup_cli.taskid import OBJECTIVES, MaskBank, entropy, infer_task, mask_gradient
+from supsup_cli.taskid import (
+    OBJECTIVES,
+    MaskBank,
+    Query,
+    entropy,
+    infer_task,
+    mask_gradient,
+    one_shot_batch,
+)
 
 HERE = Path(__file__).resolve().parent
 BATCH = 128
@@ -72,6 +82,11 @@ def query_batch(seed: int = 0) -> torch.Tensor:
     return torch.randn(BATCH, 784, generator=torch.Generator().manual_seed(seed))  # (128, 784)
 
 
+def packed_one_shot(bank: MaskBank, x: torch.Tensor) -> int:
+    """Ours: mean mask from the counts, one forward and backward, one packed product."""
+    return one_shot_batch(Query(bank, x, OBJECTIVES["H"], None)).task
+
+
 def float_stack(packed: np.ndarray, mask_bits: int) -> torch.Tensor:
     """All masks as one fp32 (k, D) tensor, filled block by block (the reference's layout)."""
     stack = torch.empty(packed.shape[0], mask_bits)  # (k, D)
@@ -101,7 +116,7 @@ def child(kind: str, store_path: str) -> dict:
     if kind == "packed":
         bank = MaskBank.from_store(store)
         loaded = time.perf_counter()
-        task = infer_task(bank, x).task
+        task = packed_one_shot(bank, x)
     else:
         packed = store.read_packed()
         net = build_net(store.net)
@@ -155,16 +170,54 @@ def warm(store_path: Path, repeats: int) -> dict:
             lambda: mask_gradient(bank.net, bank.mean_mask(), x, OBJECTIVES["H"]), repeats
         ),
         "product_kernel": timed(lambda: packed_matmul(packed, vector, mask_bits), repeats),
-        "one_shot_packed": timed(lambda: infer_task(bank, x), repeats),
+        "one_shot_packed": timed(lambda: packed_one_shot(bank, x), repeats),
     }
     os.environ[bitkernel.KERNEL_ENV] = "0"
     results["product_numpy"] = timed(lambda: packed_matmul(packed, vector, mask_bits), repeats)
-    results["one_shot_packed_numpy"] = timed(lambda: infer_task(bank, x), repeats)
+    results["one_shot_packed_numpy"] = timed(lambda: packed_one_shot(bank, x), repeats)
     del os.environ[bitkernel.KERNEL_ENV]
     stack = float_stack(packed, mask_bits)
     results["one_shot_float"] = timed(lambda: float_one_shot(bank.net, stack, x), repeats)
-    same = float_one_shot(bank.net, stack, x) == infer_task(bank, x).task
+    same = float_one_shot(bank.net, stack, x) == packed_one_shot(bank, x)
     return {"seconds": results, "same_task": same}
+
+
+def accuracy(store_path: Path, specs: list[str], trials: int, singles: int) -> None:
+    """Task-id accuracy of a trained store: batches of 128 (every method, same batches) and
+    single images (H, and G when the network has superfluous outputs)."""
+    bank = MaskBank.from_store(MaskStore.open(store_path))
+    truth = {spec: bank.task_id(row) for row, spec in enumerate(bank.task_specs)}
+    objectives = ["H"] + (["G"] if bank.superfluous().numel() else [])
+    generator = np.random.Generator(np.random.PCG64(0))
+    methods = ("one-shot", "binary", "exhaustive")
+    found: dict[tuple[str, str], list[int]] = {(m, o): [] for o in objectives for m in methods}
+    expected = []
+    for number in range(trials):
+        spec = specs[number % len(specs)]
+        data = load_task(spec)
+        index = torch.from_numpy(generator.choice(len(data.test_y), BATCH, replace=False))
+        expected.append(truth[spec])
+        for (method, objective), tasks in found.items():
+            result = infer_task(bank, data.test_x[index], method=method, objective=objective)
+            tasks.append(result.task)
+    print(f"# {store_path}: {bank.task_count} tasks, {bank.config.outputs} outputs")
+    print(f"| batches of {BATCH} ({trials} trials, {len(specs)} specs) | objective | task-id |")
+    print("|---|---|---|")
+    for (method, objective), tasks in found.items():
+        right = np.mean(np.array(tasks) == np.array(expected))
+        agree = np.mean(np.array(tasks) == np.array(found["one-shot", objective]))
+        print(f"| {method} | {objective} | {right:.2%} (same as one-shot: {agree:.0%}) |")
+    print(f"\n| single images ({singles} per spec) | one-shot task-id | class accuracy |")
+    print("|---|---|---|")
+    for objective in objectives:
+        right = classes = total = 0
+        for spec in specs:
+            data = load_task(spec)
+            result = infer_task(bank, data.test_x[:singles], objective=objective, per="image")
+            right += int((result.tasks == truth[spec]).sum())
+            classes += int((result.predictions == data.test_y[:singles].numpy()).sum())
+            total += singles
+        print(f"| {objective} | {right / total:.2%} | {classes / total:.2%} |")
 
 
 def main() -> None:
@@ -173,10 +226,17 @@ def main() -> None:
     parser.add_argument("--outputs", type=int, default=500, help="network outputs")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     parser.add_argument("--store", type=Path, help="store path (default under benchmarks/out)")
+    parser.add_argument("--accuracy", type=Path, help="trained store: print task-id accuracy")
+    parser.add_argument("--specs", default="permuted:1..5", help="data specs for --accuracy")
+    parser.add_argument("--trials", type=int, default=100, help="batches for --accuracy")
+    parser.add_argument("--singles", type=int, default=200, help="single images per spec")
     parser.add_argument("--child", choices=["packed", "float"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, str(args.store))))
+        return
+    if args.accuracy:
+        accuracy(args.accuracy, expand_specs(args.specs), args.trials, args.singles)
         return
     store_path = args.store or HERE / "out" / f"taskid-k{args.tasks}-o{args.outputs}.zarr"
     if not MaskStore.exists(store_path):
