@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
+import zarr
 from typer.testing import CliRunner
 
 from supsup_cli.cli import app
@@ -232,6 +234,10 @@ def test_drop_masks_keeps_a_verifiable_store(tmp_path: Path) -> None:
     assert outcome.dropped == (0, 1, 2)
     store = MaskStore.open(path)
     assert store.verify() == []
+    schema = Path(__file__).resolve().parents[1] / "formats" / "supsup-store-v1.schema.json"
+    header = zarr.open_group(str(path), mode="r").attrs["supsup"]
+    jsonschema.validate(header, json.loads(schema.read_text()))
+    assert header["hopfield"]["tasks"] == [0, 1, 2] and header["hopfield"]["dropped"] == [0, 1, 2]
     assert np.array_equal(store.mask_counts(), counts)
     with pytest.raises(StoreError, match="dropped"):
         store.read_mask(1)
@@ -377,3 +383,19 @@ def test_cli_bad_task_list(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "backwards" in result.stderr
     result = runner.invoke(app, ["hopfield-encode", str(path), "--tasks", "a"])
     assert result.exit_code == 2 and "0-4" in result.stderr
+
+
+def test_example_script_runs(tmp_path: Path) -> None:
+    """examples/split-mnist-hopfield.sh as a user runs it, at a tiny size (2 tasks, 2 steps)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "split-mnist-hopfield.sh"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(
+        ["bash", str(example), "h.zarr", "5", "2", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok h.zarr" in result.stdout and "masks dropped" in result.stdout
+    assert "split:0: " in result.stdout and "split:1: " in result.stdout

@@ -228,14 +228,19 @@ def _render_specs(
         return
     for r in results:
         task = "no encoded task" if r.task_accuracy is None else f"task-id {r.task_accuracy:.2%}"
-        hamming = [
-            "?"
-            if not r.true_tasks or r.true_tasks[0] not in b.distances
-            else f"{b.distances[r.true_tasks[0]]:,}"
-            for b in r.batches
-        ]
+        hamming = [_hamming_to_true(r, b) for b in r.batches]
         typer.echo(
             f"{r.data}: {task} over {len(r.batches)} batches, class accuracy "
             f"{r.class_accuracy:.2%} ({sum(r.sizes)} images); Hamming to the true mask per "
             f"batch: {' '.join(hamming)}"
         )
+
+
+def _hamming_to_true(result: SpecRecovery, batch: BatchRecovery) -> str:
+    """'0' when the recovered mask is the true one, the distance when the true mask is kept,
+    '?' when it was dropped (only equality can be told then)."""
+    if batch.matched is not None and batch.matched in result.true_tasks:
+        return "0"
+    if result.true_tasks and result.true_tasks[0] in batch.distances:
+        return f"{batch.distances[result.true_tasks[0]]:,}"
+    return "?"
