@@ -60,6 +60,35 @@ static float row_dot(const uint8_t *row, const float *vec, int64_t j0, int64_t j
     return total;
 }
 
+#if defined(__AVX512F__)
+#define ROW_GROUP 8
+/* row_dot for ROW_GROUP rows at once over whole 8-byte words [j0, j1): each load of the vector
+ * serves all of them, so the loop runs on mask bytes rather than on vector reloads. */
+static void rows_dot(const uint8_t *row, int64_t stride, const float *vec, int64_t j0, int64_t j1,
+                     float *out) {
+    __m512 acc[ROW_GROUP][2];
+    for (int r = 0; r < ROW_GROUP; r++)
+        for (int q = 0; q < 2; q++) acc[r][q] = _mm512_setzero_ps();
+    for (int64_t j = j0; j < j1; j += 8) {
+        const float *v = vec + 8 * j;
+        const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+        const __m512 v2 = _mm512_loadu_ps(v + 32), v3 = _mm512_loadu_ps(v + 48);
+        for (int r = 0; r < ROW_GROUP; r++) {
+            uint64_t w;
+            memcpy(&w, row + r * stride + j, 8);
+            acc[r][0] = _mm512_mask_add_ps(acc[r][0], (__mmask16)w, acc[r][0], v0);
+            acc[r][1] = _mm512_mask_add_ps(acc[r][1], (__mmask16)(w >> 16), acc[r][1], v1);
+            acc[r][0] = _mm512_mask_add_ps(acc[r][0], (__mmask16)(w >> 32), acc[r][0], v2);
+            acc[r][1] = _mm512_mask_add_ps(acc[r][1], (__mmask16)(w >> 48), acc[r][1], v3);
+        }
+    }
+    for (int r = 0; r < ROW_GROUP; r++)
+        out[r] += _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+#else
+#define ROW_GROUP 1
+#endif
+
 /* out[i] += w for the set bits i of bytes [j0, j1) of one row (out in lane order). */
 static void row_axpy(const uint8_t *row, float w, float *out, int64_t j0, int64_t j1) {
     int64_t j = j0;
@@ -99,7 +128,16 @@ static void *matvec_job(void *arg) {
     for (int64_t r = job->lo; r < job->hi; r++) job->out[r] = 0.0f;
     for (int64_t j0 = 0; j0 < job->nbytes; j0 += MATVEC_BLOCK) {
         int64_t j1 = j0 + MATVEC_BLOCK < job->nbytes ? j0 + MATVEC_BLOCK : job->nbytes;
-        for (int64_t r = job->lo; r < job->hi; r++)
+        int64_t r = job->lo;
+#if ROW_GROUP > 1
+        int64_t words = j0 + (j1 - j0) / 8 * 8; /* whole 8-byte words; row_dot does the rest */
+        for (; r + ROW_GROUP <= job->hi; r += ROW_GROUP) {
+            rows_dot(job->packed + r * job->nbytes, job->nbytes, job->in, j0, words, job->out + r);
+            for (int g = 0; g < ROW_GROUP; g++)
+                job->out[r + g] += row_dot(job->packed + (r + g) * job->nbytes, job->in, words, j1);
+        }
+#endif
+        for (; r < job->hi; r++)
             job->out[r] += row_dot(job->packed + r * job->nbytes, job->in, j0, j1);
     }
     return NULL;

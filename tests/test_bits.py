@@ -128,7 +128,8 @@ def test_kernel_variants_equal_numpy(variant: str, monkeypatch) -> None:
     library = bitkernel.build(KERNEL_VARIANTS[variant])
     assert library is not None, "gcc is needed to build the kernel (the CI image has it)"
     monkeypatch.setenv(bitkernel.KERNEL_ENV, "0")  # packed_matmul below: the numpy path
-    for rows, mask_bits, threads in [(1, 5, 1), (3, 77, 2), (17, 1030, 3), (40, 8 * 1031, 4)]:
+    cases = [(1, 5, 1), (3, 77, 2), (17, 1030, 3), (40, 8 * 1031, 4), (19, 8 * 2051 + 3, 2)]
+    for rows, mask_bits, threads in cases:
         packed, floats = _float_masks(rows, mask_bits, seed=rows)
         vector = np.random.default_rng(mask_bits).standard_normal(mask_bits).astype(np.float32)
         got = bitkernel.matvec(library, packed, vector, threads)
