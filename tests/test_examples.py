@@ -31,3 +31,16 @@ def test_permuted_mnist_pipeline(tmp_path: Path) -> None:
         check=True,
     )
     assert json.loads(info.stdout)["task_count"] == 2
+
+
+def test_eval_and_plot_pipeline(tmp_path: Path) -> None:
+    result = run_example("eval-and-plot.sh", "w", "2", "60", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tasks_learned,task,data" in result.stdout
+    for name in ("gg.json", "gnu-H.json", "gnu-G.json"):
+        report = json.loads((tmp_path / "w" / name).read_text())
+        assert report["store"]["task_count"] == 2 and report["curve"][0]["tasks_learned"] == 1
+    assert (tmp_path / "w" / "gnu-H.csv").read_text().startswith("tasks_learned,task,")
+    figures = sorted(p.name for p in (tmp_path / "w" / "figures").glob("*.png"))
+    assert "accuracy-vs-tasks.png" in figures and "mask-overlap.png" in figures
+    assert len([f for f in figures if f.startswith("taskid-confusion-")]) == 2

@@ -62,4 +62,4 @@ def test_quick_benchmark_and_its_figures(script: str, runs: list[str], tmp_path:
     result = runner.invoke(app, ["plot", str(out / "store.zarr"), *paths, "--out", str(figures)])
     assert result.exit_code == 0, result.output
     assert (figures / "accuracy-vs-tasks.png").stat().st_size > 1000
-    assert len(list(figures.glob("taskid-confusion-*.png"))) == len(runs) - 1
+    assert len(list(figures.glob("taskid-confusion-gnu-*.png"))) == len(runs) - 1
