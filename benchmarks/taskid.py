@@ -112,23 +112,24 @@ def child(kind: str, store_path: str) -> dict:
     x = query_batch()
     base = rss_bytes()
     started = time.perf_counter()
+    # The store read both paths pay: records, packed masks (checksums checked), counts.
     store = MaskStore.open(store_path)
+    classes = [r.classes for r in store.tasks()]
+    packed, counts = store.read_packed(), store.mask_counts()
+    read = time.perf_counter()
     if kind == "packed":
-        bank = MaskBank.from_store(store)
-        loaded = time.perf_counter()
+        bank = MaskBank.from_packed(store.net, packed, classes, counts=counts)
         task = packed_one_shot(bank, x)
     else:
-        packed = store.read_packed()
         net = build_net(store.net)
         stack = float_stack(packed, store.net.mask_bits)
         del packed
-        loaded = time.perf_counter()
         task = float_one_shot(net, stack, x)
     done = time.perf_counter()
     return {
         "seconds": done - started,
-        "load_seconds": loaded - started,
-        "answer_seconds": done - loaded,
+        "read_seconds": read - started,
+        "after_read_seconds": done - read,
         "peak_growth_bytes": peak_bytes() - base,
         "task": task,
     }
@@ -269,8 +270,13 @@ def main() -> None:
         f"{cold_float['seconds'] / cold_packed['seconds']:.1f}x |"
     )
     print(
-        f"| cold: of which load (s) | {cold_packed['load_seconds']:.3f} | "
-        f"{cold_numpy['load_seconds']:.3f} | {cold_float['load_seconds']:.3f} | |"
+        f"| cold: of which the store read (s) | {cold_packed['read_seconds']:.3f} | "
+        f"{cold_numpy['read_seconds']:.3f} | {cold_float['read_seconds']:.3f} | |"
+    )
+    print(
+        f"| cold: build + answer after the read (s) | {cold_packed['after_read_seconds']:.3f} | "
+        f"{cold_numpy['after_read_seconds']:.3f} | {cold_float['after_read_seconds']:.3f} | "
+        f"{cold_float['after_read_seconds'] / cold_packed['after_read_seconds']:.1f}x |"
     )
     print(
         f"| cold: peak memory growth (MB) | {cold_packed['peak_growth_bytes'] / 1e6:,.0f} | "
