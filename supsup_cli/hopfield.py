@@ -3,7 +3,8 @@
 Encoding folds each task's +-1 pattern x = 2M - 1 into Psi with a Storkey-style rule, so every
 stored pattern is a local minimum of E(s) = -1/2 s^T Psi s. Recovery descends on the scores of a
 mask, trading the output entropy H of the batch (which finds the task) for the energy E (which
-snaps the mask onto a stored pattern) as the steps go on; the mask is the sign of the scores.
+pulls the mask onto a stored pattern) as the steps go on; the mask is the sign of the scores,
+settled by single-bit flips into the local minimum of E it lies next to.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def settle(psi: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
     z = pattern.clone().to(psi.dtype)  # (d,)
     field = psi @ z  # (d,)
     diagonal = psi.diagonal()
-    for _ in range(z.numel() * 4):  # a bound, never reached: E strictly falls with each flip
+    for _ in range(z.numel() * 4):  # a safeguard: E falls with each flip, flips ~ wrong bits
         change = 2 * z * field - 2 * diagonal  # (d,): E after flipping bit i, minus E now
         best = int(torch.argmin(change))
         if change[best] >= 0:
