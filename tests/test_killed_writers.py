@@ -1,0 +1,156 @@
+"""Killed writers: a writer SIGKILLed at any point of an append or a creation leaves a store that
+opens, verifies, and holds the old or the new task count; the next writer is never blocked."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from supsup_cli.nets import NetConfig
+from supsup_cli.store import FAULT_ENV, FAULT_STEPS, MaskStore, _write_lock
+
+CREATION_STEPS = [s for s in FAULT_STEPS if s.startswith("create-")]
+APPEND_STEPS = [s for s in FAULT_STEPS if not s.startswith("create-")]
+NET = NetConfig("lenet-300-100", 10, 0)
+FORK = multiprocessing.get_context("fork")  # children inherit the loaded modules: no re-import
+
+
+def append_random_task(path: Path, seed: int) -> None:
+    """Append one task with a random mask and scores (what train-task appends, minus training)."""
+    rng = np.random.default_rng(seed)
+    bits = rng.random(NET.mask_bits) < 0.5
+    scores = torch.from_numpy(rng.standard_normal(NET.mask_bits, dtype=np.float32))
+    MaskStore.open(path, writable=True).append_task(
+        bits,
+        scores,
+        data=f"permuted:{seed}",
+        classes=range(10),
+        accuracy=0.5,
+        train={"seed": seed},
+        created="2026-01-01T00:00:00+00:00",
+        seconds=1.0,
+    )
+
+
+def _append_with_fault(path: Path, step: str, seed: int) -> None:
+    os.environ[FAULT_ENV] = step
+    append_random_task(path, seed)
+
+
+def _create_with_fault(path: Path, step: str) -> None:
+    os.environ[FAULT_ENV] = step
+    MaskStore.create(path, NET, "topk", 0.5)
+
+
+def _append_forever(path: Path, first_seed: int) -> None:
+    for seed in range(first_seed, first_seed + 10_000):
+        append_random_task(path, seed)
+
+
+def _hold_lock(path: Path, ready: Any) -> None:
+    with _write_lock(str(path)):
+        ready.set()
+        time.sleep(600)
+
+
+def run_child(target, *args) -> int:  # noqa: ANN001
+    child = FORK.Process(target=target, args=args)
+    child.start()
+    child.join(60)
+    assert child.exitcode is not None, "the child hung"
+    return child.exitcode
+
+
+def assert_sound(path: Path, counts: set[int]) -> int:
+    store = MaskStore.open(path)
+    assert store.verify() == [], store.verify()
+    assert store.task_count in counts, (store.task_count, counts)
+    return store.task_count
+
+
+@pytest.fixture
+def two_task_store(tmp_path: Path) -> Path:
+    path = tmp_path / "s.zarr"
+    MaskStore.create(path, NET, "topk", 0.5)
+    for seed in (1, 2):
+        append_random_task(path, seed)
+    return path
+
+
+@pytest.mark.parametrize("step", APPEND_STEPS)
+def test_append_killed_at_each_step(two_task_store: Path, step: str) -> None:
+    assert run_child(_append_with_fault, two_task_store, step, 3) == -signal.SIGKILL
+    count = assert_sound(two_task_store, {3} if step == "committed" else {2})
+    started = time.monotonic()
+    append_random_task(two_task_store, 4)  # the dead writer's lock is gone with it
+    assert time.monotonic() - started < 30
+    assert_sound(two_task_store, {count + 1})
+
+
+@pytest.mark.parametrize("step", CREATION_STEPS)
+def test_creation_killed_at_each_step(tmp_path: Path, step: str) -> None:
+    path = tmp_path / "new.zarr"
+    assert run_child(_create_with_fault, path, step) == -signal.SIGKILL
+    assert not MaskStore.exists(path)  # no store yet: the old state of a new path
+    MaskStore.create(path, NET, "topk", 0.5)  # the next creator clears the leftovers
+    append_random_task(path, 1)
+    assert_sound(path, {1})
+
+
+def test_random_kills_never_break_the_store(two_task_store: Path) -> None:
+    """SIGKILL at random moments, also inside zarr's own writes (aside files, renames)."""
+    rng = random.Random(0)
+    count = 2
+    for kill in range(20):
+        child = FORK.Process(target=_append_forever, args=(two_task_store, 100 * (kill + 1)))
+        child.start()
+        time.sleep(rng.uniform(0.0, 0.4))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        count = assert_sound(two_task_store, set(range(count, count + 100)))
+    append_random_task(two_task_store, 1)  # the next writer clears the aside files, then appends
+    assert not list(two_task_store.rglob("*.partial"))
+    assert_sound(two_task_store, {count + 1})
+
+
+def test_a_writer_killed_while_holding_the_lock_does_not_block_the_next(
+    two_task_store: Path,
+) -> None:
+    ready = FORK.Event()
+    holder = FORK.Process(target=_hold_lock, args=(two_task_store, ready))
+    holder.start()
+    assert ready.wait(30)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    started = time.monotonic()
+    append_random_task(two_task_store, 3)
+    assert time.monotonic() - started < 5  # flock died with its holder: no stale lock, no wait
+    assert_sound(two_task_store, {3})
+
+
+def test_the_cli_writer_killed_by_the_fault_hook(permuted_store: Path, tmp_path: Path) -> None:
+    """End to end: `supsup train-task` in its own process, SIGKILLed before its commit."""
+    store = Path(shutil.copytree(permuted_store, tmp_path / "s.zarr"))
+    command = [sys.executable, "-m", "supsup_cli", "train-task", str(store)]
+    command += ["--data", "permuted:5", "--batches", "5", "--quiet"]
+    killed = subprocess.run(
+        command, env={**os.environ, FAULT_ENV: "before-commit"}, capture_output=True, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    verify = subprocess.run(
+        [sys.executable, "-m", "supsup_cli", "verify", str(store)], capture_output=True, timeout=300
+    )
+    assert verify.returncode == 0, verify.stdout.decode()
+    assert_sound(store, {3})
