@@ -48,6 +48,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPU)")
     parser.add_argument("--data-root", type=Path, default=None, help="full MNIST (torchvision)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--runs", default=None, help="evaluate only these runs (comma list)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.step, args.batches, args.single_images = 3, 120, 60, 8
@@ -97,6 +98,8 @@ def main(argv: list[str]) -> None:
     if args.stage == "train":
         return
     chosen = runs(args)
+    if args.runs is not None:  # e.g. the slow single-image runs in a second process
+        chosen = [run for run in chosen if run.name in args.runs.split(",")]
     reports = run_evaluations(store, chosen, args.out, args.data_root)
     tables = (
         f"RotatedMNIST, fc-1024-1024, {args.outputs} outputs, sign rule, {args.tasks} tasks of "
