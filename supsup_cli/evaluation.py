@@ -90,6 +90,9 @@ class EvalSettings:
         """The settings as recorded; inference settings are null in GG, where none happens."""
         settings = asdict(self)
         settings["checkpoints"] = list(self.checkpoints)
+        settings["image_selection"] = (
+            "all" if self.images is None else "task t: test images t*N .. t*N+N-1 (mod n)"
+        )
         if self.scenario == "GG":
             settings.update(method=None, objective=None, batch=None)
         return settings
@@ -386,7 +389,7 @@ def evaluate_store(
                 continue
             data = load_task(spec, data_root)
             check_classes(data.classes, store.net)
-            x, y = _test_split(data.test_x, data.test_y, settings.images)
+            x, y = _test_split(data.test_x, data.test_y, settings.images, index)
             if index not in gg:  # the same computation as the accuracy recorded at training
                 masks = bank.masks_of(index)
                 if isinstance(bank.net, PerTaskStats):
@@ -447,12 +450,22 @@ def _prefix_bank(
     return MaskBank.from_packed(full.config, packed[:k], full.task_classes[:k], device=device)
 
 
+def image_slice(total: int, images: int | None, task: int) -> torch.Tensor:
+    """Indices of the test images a task is evaluated on: all, or `images` of them starting at
+    task·images (wrapping), so that tasks of one split (the permutations of the same digits)
+    are tested on different digits and together cover the split."""
+    if images is None or images >= total:
+        return torch.arange(total)
+    return (task * images + torch.arange(images)) % total
+
+
 def _test_split(
-    x: torch.Tensor, y: torch.Tensor, images: int | None
+    x: torch.Tensor, y: torch.Tensor, images: int | None, task: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if len(y) == 0:
         raise ConfigError("no test examples to evaluate")
-    return (x, y) if images is None else (x[:images], y[:images])
+    index = image_slice(len(y), images, task)
+    return x[index], y[index]
 
 
 def _accuracy(predicted: torch.Tensor, y: torch.Tensor) -> float:

@@ -48,7 +48,11 @@ BatchOpt = Annotated[
 ]
 ImagesOpt = Annotated[
     int | None,
-    typer.Option("--images", help="Use only the first N test images of each task (default: all)."),
+    typer.Option(
+        "--images",
+        help="Use N test images per task (default: all): task t takes images t*N to t*N+N-1 "
+        "(wrapping), so tasks built from the same digits are tested on different ones.",
+    ),
 ]
 CheckpointsOpt = Annotated[
     str | None,
