@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# The nets under test are small: one thread per process is faster than two fighting for the
+# cores, and the tests that start several supsup processes at once would oversubscribe them.
+# Set before torch is imported, so this process and every subprocess inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from supsup_cli.train import CreationOptions, TrainConfig, train_task
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from supsup_cli.train import CreationOptions, TrainConfig, train_task  # noqa: E402
 
 QUICK_BATCHES = 250
 
@@ -22,4 +29,5 @@ def build_store(path: Path, specs: list[str], batches: int = QUICK_BATCHES, **cr
 def permuted_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three permuted tasks (permuted:1..3), lenet-300-100, 10 outputs, top-k 0.5. Do not modify:
     copy it (shutil.copytree) before writing."""
-    return build_store(tmp_path_factory.mktemp("stores") / "permuted.zarr", [f"permuted:{i}" for i in (1, 2, 3)])
+    path = tmp_path_factory.mktemp("stores") / "permuted.zarr"
+    return build_store(path, [f"permuted:{i}" for i in (1, 2, 3)])
