@@ -55,9 +55,11 @@ def is_url(location: str) -> bool:
 
 def _filesystem(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
     try:
-        return fsspec.core.url_to_fs(location)
+        fs, root = fsspec.core.url_to_fs(location)
     except (ImportError, ValueError) as error:  # unknown protocol, or its package not installed
         raise StoreError(f"{location}: cannot open this URL ({_one_line(error)})") from error
+    fs.invalidate_cache()  # other processes write the store: listings must be fresh
+    return fs, root
 
 
 def exists(location: str) -> bool:
@@ -208,6 +210,8 @@ def zstd_decoded_size(data: bytes, name: str = "a chunk") -> int:
         if len(magic) == 4 and magic[0] & 0xF0 == 0x50 and magic[1:] == b"\x2a\x4d\x18":
             skip = int.from_bytes(data[position + 4 : position + 8], "little")  # skippable frame
             position += 8 + skip
+            if position > len(data):
+                raise StoreError(f"{name}: a zstd frame is truncated")
             continue
         if magic != ZSTD_MAGIC or position + 5 > len(data):
             raise StoreError(f"{name} is not a zstd frame")
@@ -231,6 +235,8 @@ def zstd_decoded_size(data: bytes, name: str = "a chunk") -> int:
                 raise StoreError(f"{name}: a zstd frame has a reserved block type")
             position += 3 + (1 if kind == 1 else size)
         position += 4 * has_checksum
+        if position > len(data):
+            raise StoreError(f"{name}: a zstd frame is truncated")
     return total
 
 

@@ -27,6 +27,28 @@ from numcodecs import Zstd
 CANARY = "EXECUTED"  # a file that appears next to the store if anything in the store was executed
 
 
+# Every command that reads a store, as argv with "{store}" for its path (JSON where it has it,
+# so answers compare exactly). Commands that write come last: they must refuse broken stores or
+# leave sound ones sound.
+READERS: dict[str, list[str]] = {
+    "info": "info {store} --json".split(),
+    "info-text": "info {store}".split(),
+    "eval": "eval {store} --task 1 --images 100 --quiet --json".split(),
+    "infer": "infer {store} --data permuted:2 --trials 1 --batch 32 --quiet --json".split(),
+    "masks-overlap": "masks overlap {store} --json".split(),
+    "masks-export": "masks export {store} --task 0 --out {store}-0.npz".split(),
+    "plot": "plot {store} --out {store}-figures --quiet --json".split(),
+}
+WRITERS: dict[str, list[str]] = {
+    "train-task": "train-task {store} --data permuted:4 --batches 2 --quiet --json".split(),
+    "allocate": (
+        "allocate {store} --data permuted:2 --batches-per-segment 2 --check-every 1 --quiet --json"
+    ).split(),
+    "masks-merge": "masks merge {store} --tasks 0,1 --rule and --json".split(),
+    "pack": "pack {store} --quiet --json".split(),
+}
+
+
 @dataclass(frozen=True)
 class Breakage:
     name: str

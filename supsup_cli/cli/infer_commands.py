@@ -143,7 +143,7 @@ def infer(
         source,
         stdin=sys.stdin,
         skip_bad=skip_bad,
-        on_skip=lambda name, reason: say(f"[yellow]skipped[/] {reason}", quiet),
+        on_skip=lambda name, reason: say(f"skipped {reason}", quiet, style="yellow"),
     )
     for start in range(0, len(images.names), batch):
         result = infer_task(
