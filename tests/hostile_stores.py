@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,34 @@ WRITERS: dict[str, list[str]] = {
     "masks-merge": "masks merge {store} --tasks 0,1 --rule and --json".split(),
     "pack": "pack {store} --quiet --json".split(),
 }
+
+
+VOLATILE = {
+    "created",
+    "seconds",
+    "stored_bytes",
+    "stored_bytes_per_task",
+    "command",
+    "store",
+    "path",
+}
+
+
+def stable(output: str, store: Path) -> Any:
+    """A command's answer without what legitimately differs between two copies of a store."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in VOLATILE}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    text = output.replace(str(store), "{store}")
+    try:
+        return strip(json.loads(text))
+    except json.JSONDecodeError:  # text: rich wraps lines by length, so compare the words
+        return re.sub(r"[\d,]+ bytes on disk", "", " ".join(text.split()))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ store; nothing in a store is executed; no read allocates more than the format al
 from __future__ import annotations
 
 import json
-import re
 import resource
 import shutil
 from collections.abc import Iterator
@@ -15,7 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from hostile_stores import BREAKAGES, CANARY, READERS, WRITERS, Breakage, make_hostile
+from hostile_stores import (
+    BREAKAGES,
+    CANARY,
+    READERS,
+    WRITERS,
+    Breakage,
+    make_hostile,
+    stable,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -25,37 +32,11 @@ from supsup_cli.cli import app
 from supsup_cli.errors import StoreError
 from supsup_cli.store import ATTRIBUTE_KEY, MaskStore, StoreHeader, TaskRecord
 
-VOLATILE = {
-    "created",
-    "seconds",
-    "stored_bytes",
-    "stored_bytes_per_task",
-    "command",
-    "store",
-    "path",
-}
 runner = CliRunner()
 
 
 def run(argv: list[str], store: Path) -> Any:
     return runner.invoke(app, [arg.replace("{store}", str(store)) for arg in argv])
-
-
-def stable(output: str, store: Path) -> Any:
-    """A command's answer without what legitimately differs between two copies of a store."""
-
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in VOLATILE}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    text = output.replace(str(store), "{store}")
-    try:
-        return strip(json.loads(text))
-    except json.JSONDecodeError:  # text: rich wraps lines by length, so compare the words
-        return re.sub(r"[\d,]+ bytes on disk", "", " ".join(text.split()))
 
 
 def assert_clean_refusal(result: Any, what: str) -> None:
