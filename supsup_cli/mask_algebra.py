@@ -75,7 +75,7 @@ def merge_masks(packed: np.ndarray, mask_bits: int, rule: str) -> np.ndarray:
     return 2 * votes > len(packed)  # ties (even n) are not a majority: the weight is dropped
 
 
-def merge_tasks(store_path: Path, tasks: Sequence[int], rule: str) -> TaskRecord:
+def merge_tasks(store_path: str | Path, tasks: Sequence[int], rule: str) -> TaskRecord:
     """Append the merge of existing tasks' masks as a new task, recorded as derived from them."""
     if rule not in MERGE_RULES:
         raise ConfigError(f"unknown merge rule {rule!r}; valid rules: {', '.join(MERGE_RULES)}")
@@ -133,7 +133,7 @@ def subnetwork(store: MaskStore, task: int) -> dict[str, torch.Tensor]:
     }
 
 
-def export_task(store_path: Path, task: int, out: Path) -> Export:
+def export_task(store_path: str | Path, task: int, out: Path) -> Export:
     """Write a task's subnetwork as .pt (torch.save of a tensor dict) or .npz; never overwrite."""
     suffix = out.suffix.lower()
     if suffix not in EXPORT_FORMATS:

@@ -31,7 +31,10 @@ from .errors import ConfigError, StoreError
 
 COUNT_BYTES: Final = 4
 WORD_BYTES: Final = 4
-DEFAULT_CODEC: Final = "range-site"
+AUTO: Final = "auto"  # not a codec: encode with each and keep the smallest (see encode_store)
+DEFAULT_CODEC: Final = AUTO
+# A context codec decodes task t only after tasks 0..t-1; `auto` takes it only for a real gain.
+CONTEXT_MIN_GAIN: Final = 0.01
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -83,7 +86,7 @@ CODECS: Final = {
 def get_codec(name: str) -> Codec:
     """The codec of a name users typed or a store names; unknown names list the valid ones."""
     if name not in CODECS:
-        raise ConfigError(f"unknown codec {name!r}; valid codecs: {', '.join(CODECS)}")
+        raise ConfigError(f"unknown codec {name!r}; valid codecs: {', '.join([AUTO, *CODECS])}")
     return CODECS[name]
 
 
@@ -128,7 +131,10 @@ def decode_mask(
         if ones == positions.size:
             bits[positions] = True
         elif ones:
-            symbols = decoder.decode(_model(int(ones), positions.size), positions.size)
+            try:
+                symbols = decoder.decode(_model(int(ones), positions.size), positions.size)
+            except Exception as error:  # constriction asserts on words no encoder could write
+                raise StoreError(f"packed mask is not a valid encoding ({error})") from error
             if int(symbols.sum()) != ones:
                 raise StoreError("packed mask does not decode to its stored counts")
             bits[positions] = symbols.astype(bool)
@@ -170,6 +176,31 @@ def encode_packed(
     return blobs
 
 
+def encode_store(
+    name: str,
+    packed: Sequence[np.ndarray | None],
+    site_sizes: Sequence[int],
+    progress: ProgressCallback | None = None,
+) -> tuple[Codec, list[bytes]]:
+    """Blobs of every row with the named codec; `auto` encodes with each codec and keeps the
+    smallest total (a context codec only if it saves CONTEXT_MIN_GAIN, for its sequential reads).
+    """
+    candidates = list(CODECS.values()) if name == AUTO else [get_codec(name)]
+    total = len(candidates) * len(packed)
+    best: tuple[float, Codec, list[bytes]] | None = None
+    for turn, codec in enumerate(candidates):
+
+        def report(done: int, _rows: int, offset: int = turn * len(packed)) -> None:
+            if progress is not None:
+                progress(offset + done, total)
+
+        blobs = encode_packed(codec, packed, site_sizes, report)
+        size = sum(map(len, blobs)) * (1 + CONTEXT_MIN_GAIN if codec.uses_previous else 1)
+        if best is None or size < best[0]:
+            best = (size, codec, blobs)
+    return best[1], best[2]
+
+
 def decode_packed(
     codec: Codec,
     blobs: Mapping[int, bytes] | Sequence[bytes],
@@ -206,3 +237,38 @@ def binary_entropy(p: float) -> float:
     if p <= 0.0 or p >= 1.0:
         return 0.0
     return -(p * math.log2(p) + (1.0 - p) * math.log2(1.0 - p))
+
+
+@dataclass(frozen=True)
+class TaskSize:
+    """One packed task: its kept weights and blob bytes, against the H2(density) floor."""
+
+    task: int
+    kept: int
+    blob_bytes: int
+    mask_bits: int
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.mask_bits
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.blob_bytes / self.mask_bits
+
+    @property
+    def bound(self) -> float:
+        """H2(density): the bits per weight of an ideal code for i.i.d. bits of this density."""
+        return binary_entropy(self.density)
+
+
+@dataclass(frozen=True)
+class PackReport:
+    """What `pack` wrote: where, with which codec, each task's size, and how long it took."""
+
+    path: str
+    codec: str
+    raw_dropped: bool
+    tasks: tuple[TaskSize, ...]
+    seconds: float
+    stored_bytes: int

@@ -10,6 +10,7 @@ Writers hold a lock: a kernel file lock for folders, a conditional-write lock ob
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import os
@@ -151,7 +152,8 @@ class GuardedStore(WrapperStore[Any]):
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         limit = self.limits.of(key)
-        self._check_local_file(key)
+        if isinstance(self._store, LocalStore):  # in a thread, as LocalStore reads: stat may wait
+            await asyncio.to_thread(self._check_local_file, key)
         # One byte more than allowed tells "too big" apart from "exactly at the limit".
         request = RangeByteRequest(0, limit + 1) if byte_range is None else byte_range
         value = await self._store.get(key, prototype, request)
@@ -188,8 +190,6 @@ class GuardedStore(WrapperStore[Any]):
 
     def _check_local_file(self, key: str) -> None:
         # A FIFO would block the reader forever and a device never ends: plain files only.
-        if not isinstance(self._store, LocalStore):
-            return
         try:
             mode = os.stat(Path(self._store.root) / key).st_mode
         except (FileNotFoundError, NotADirectoryError):

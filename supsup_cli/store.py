@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
-import shutil
-from collections.abc import Iterator, Sequence
+import signal
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,8 +25,8 @@ from typing import Any, Final
 import numpy as np
 import torch
 import zarr
-from filelock import FileLock, Timeout
 
+from . import pack, storage
 from .bits import pack_mask, packed_bytes, padding_is_zero, unpack_mask
 from .errors import ConfigError, StoreError, StoreMismatchError, SupsupError
 from .nets import NetConfig
@@ -30,17 +34,48 @@ from .supermask import MASK_RULES, check_rule
 from .weights import GENERATOR_NAME
 
 FORMAT_NAME: Final = "supsup-store"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 3  # the newest version this reads; stores stay 1 until a mask is
+# replaced (then 2) or packed without their raw masks (then 3)
+ROW_MAP_VERSION: Final = 2  # version 2: tasks reach their rows through `task_rows` (a replace)
 ATTRIBUTE_KEY: Final = "supsup"
 CREATING_KEY: Final = "supsup_creating"
 MAX_TASKS: Final = 1_000_000
 RECORD_BYTES: Final = 4096
+TASK_ROWS_CHUNK: Final = 65_536  # entries per chunk of the task -> row table
+LOG_BYTES: Final = 1024  # one audit log row: UTF-8 JSON, zero padded
+LOG_CHUNK_ROWS: Final = 256
+MAX_LOG_ROWS: Final = 100_000_000
+MAX_REVISION: Final = 2**53  # commits that changed tasks; exact in any JSON reader
 LOCK_NAME: Final = ".supsup.lock"
 LOCK_TIMEOUT_SECONDS: Final = float(os.environ.get("SUPSUP_LOCK_TIMEOUT", "600"))
 SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
+SLOT_ARRAYS: Final = {"mask_counts": "<u4", "score_sum": "<f4"}  # the header's `slots` digests
+MAX_ROWS: Final = MAX_TASKS + 2  # rows of a per-task array: every task, a replace's, a leftover
+VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during the check
+# Reader rule R7: the only codecs that may decode store bytes (no filters, no sharding, no pickle).
+CODEC_CHAINS: Final = (("bytes",), ("bytes", "zstd"))
+MAX_RECORD_TEXT: Final = 1_000  # characters of a record's `data` and `created`
+FAULT_ENV: Final = "SUPSUP_FAULT_STEP"
+# Points of every write where SUPSUP_FAULT_STEP=<name> SIGKILLs the writer (the killed-writer
+# tests); the spec's "Writing" section lists them in order.
+FAULT_STEPS: Final = (
+    "create-marked",
+    "create-arrays",
+    "locked",
+    "mask-row",
+    "record-row",
+    "before-commit",
+    "committed",
+)
 MAX_HOPFIELD_BITS: Final = 16_384  # d x d float32 energy: 1 GiB at this limit
 HOPFIELD_RULE: Final = "storkey-v1"
 HOPFIELD_GROUP: Final = "hopfield"
+PACKED_VERSION: Final = 3  # version 3: a version 2 store whose raw mask rows were dropped
+PACKED_ARRAY: Final = "packed"
+BLOB_LENGTH_BYTES: Final = 4  # each row of `packed`: uint32 LE blob length, blob, zero padding
+SUPERSEDED: Final = 1 << 31  # flag in the length word: the raw row was rewritten after packing
+# zstd squeezes out the zero padding of rows shorter than the widest; coded bytes do not compress
+PACKED_COMPRESSOR: Final = zarr.codecs.ZstdCodec(level=0, checksum=False)
 
 
 @dataclass(frozen=True)
@@ -104,6 +139,51 @@ def hopfield_checksum(psi: np.ndarray, pattern_sum: np.ndarray) -> str:
 
 
 @dataclass(frozen=True)
+class PackedState:
+    """The header's `packed` block: mask rows entropy-coded by a codec of pack.py, in the rows of
+    the `packed` array, beside the raw rows or instead of them (raw dropped, version 3)."""
+
+    codec: str
+    rows: int
+    width: int
+    dropped: bool
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "codec": self.codec,
+            "rows": self.rows,
+            "width": self.width,
+            "raw": "dropped" if self.dropped else "kept",
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Any, version: int, net: NetConfig, row_count: int) -> PackedState:
+        """Parse and check the block (reader rule R12) before the `packed` array is read."""
+        if not isinstance(attrs, dict):
+            raise StoreError("invalid 'packed' block: not an object")
+        name = attrs.get("codec")
+        if name not in pack.CODECS:
+            raise StoreError(
+                f"masks are packed with codec {name!r}, which this supsup does not know "
+                f"(known: {', '.join(pack.CODECS)}); upgrade supsup"
+            )
+        raw = attrs.get("raw")
+        if raw not in ("kept", "dropped") or (raw == "dropped") != (version >= PACKED_VERSION):
+            raise StoreError(
+                f"invalid 'packed' block: raw {raw!r} with format version {version} "
+                f"(raw masks are dropped exactly in version {PACKED_VERSION})"
+            )
+        rows, width = attrs.get("rows"), attrs.get("width")
+        if not _is_int(rows) or not 0 <= rows <= row_count:
+            raise StoreError(f"invalid 'packed' rows {rows!r} (must be in [0, {row_count}])")
+        sites = [math.prod(shape) for shape in net.mask_shapes]
+        widest = BLOB_LENGTH_BYTES + pack.get_codec(name).max_blob_bytes(sites)
+        if not _is_int(width) or not BLOB_LENGTH_BYTES <= width <= widest:
+            raise StoreError(f"invalid 'packed' width {width!r} (must be in [4, {widest}])")
+        return cls(name, rows, width, raw == "dropped")
+
+
+@dataclass(frozen=True)
 class StoreHeader:
     """The `supsup` attributes of the group: what the store was made with, and the commit count."""
 
@@ -112,6 +192,26 @@ class StoreHeader:
     density: float | None
     task_count: int = 0
     hopfield: HopfieldState | None = None
+    version: int = 1
+    revision: int = 0  # version 2: commits that changed masks (appends and replaces)
+    rows: int = 0  # version 2: rows of `masks` and `records` in use (task_count or one more)
+    log_count: int = 0  # committed rows of the audit log
+    packed: PackedState | None = None  # entropy-coded mask rows (`supsup pack`)
+    slots: tuple[str, str] | None = None  # sha256 of the current mask_counts, score_sum rows
+
+    @property
+    def commit_count(self) -> int:
+        """Commits that changed masks: task_count in version 1, where every one appended."""
+        return self.task_count if self.version == 1 else self.revision
+
+    @property
+    def slot(self) -> int:
+        """The current row of the double-buffered arrays (mask_counts, score_sum, task_rows)."""
+        return self.commit_count % 2
+
+    @property
+    def row_count(self) -> int:
+        return self.task_count if self.version == 1 else self.rows
 
     @property
     def mask_bits(self) -> int:
@@ -122,19 +222,30 @@ class StoreHeader:
         return packed_bytes(self.net.mask_bits)
 
     def to_attrs(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "network": {k: v for k, v in self.net.to_dict().items() if k != "seed"},
-            "generator": {"name": GENERATOR_NAME, "seed": self.net.seed},
-            "mask": {
-                "rule": self.mask_rule,
-                "density": self.density,
-                "bits": self.mask_bits,
-                "bytes": self.mask_bytes,
-            },
-            "task_count": self.task_count,
-        } | ({} if self.hopfield is None else {"hopfield": self.hopfield.to_attrs()})
+        return (
+            {
+                "format": FORMAT_NAME,
+                "version": self.version,
+                "network": {k: v for k, v in self.net.to_dict().items() if k != "seed"},
+                "generator": {"name": GENERATOR_NAME, "seed": self.net.seed},
+                "mask": {
+                    "rule": self.mask_rule,
+                    "density": self.density,
+                    "bits": self.mask_bits,
+                    "bytes": self.mask_bytes,
+                },
+                "task_count": self.task_count,
+            }
+            | ({} if self.hopfield is None else {"hopfield": self.hopfield.to_attrs()})
+            | ({} if self.version == 1 else {"revision": self.revision, "rows": self.rows})
+            | ({"log_count": self.log_count} if self.log_count else {})
+            | ({} if self.packed is None else {"packed": self.packed.to_attrs()})
+            | (
+                {}
+                if self.slots is None
+                else {"slots": dict(zip(SLOT_ARRAYS, self.slots, strict=True))}
+            )
+        )
 
     @classmethod
     def from_attrs(cls, attrs: Any) -> StoreHeader:
@@ -181,7 +292,49 @@ class StoreHeader:
         hopfield = attrs.get("hopfield")
         if hopfield is not None:
             hopfield = HopfieldState.from_attrs(hopfield, net.mask_bits, count)
-        return cls(net, mask["rule"], None if density is None else float(density), count, hopfield)
+        revision, rows = count, count
+        if version >= ROW_MAP_VERSION:
+            revision, rows = attrs.get("revision"), attrs.get("rows")
+            if not _is_int(revision) or not count <= revision <= MAX_REVISION:
+                raise StoreError(f"invalid revision {revision!r} (must be in [task_count, 2^53])")
+            if not _is_int(rows) or not count <= rows <= count + 1:
+                raise StoreError(f"invalid rows {rows!r} (must be task_count or task_count + 1)")
+        log_count = attrs.get("log_count", 0)
+        if not _is_int(log_count) or not 0 <= log_count <= MAX_LOG_ROWS:
+            raise StoreError(f"invalid log_count {log_count!r} (must be in [0, {MAX_LOG_ROWS}])")
+        packed = attrs.get("packed")
+        if packed is not None or version >= PACKED_VERSION:
+            packed = PackedState.from_attrs(packed, version, net, rows)
+        return cls(
+            net,
+            mask["rule"],
+            None if density is None else float(density),
+            count,
+            hopfield,
+            version,
+            revision,
+            rows,
+            log_count,
+            packed,
+            slots=_parse_slots(attrs.get("slots")),
+        )
+
+
+def _parse_slots(slots: Any) -> tuple[str, str] | None:
+    """The header's `slots` (optional: stores written before it have none; checked when there)."""
+    if slots is None:
+        return None
+    if not isinstance(slots, dict) or not all(
+        isinstance(slots.get(name), str) and SHA256_PATTERN.fullmatch(slots[name])
+        for name in SLOT_ARRAYS
+    ):
+        raise StoreError("invalid 'slots': must give the sha256 of mask_counts and score_sum")
+    return slots["mask_counts"], slots["score_sum"]
+
+
+def _slot_digest(row: np.ndarray, name: str) -> str:
+    """sha256 of one mask_counts or score_sum row as little-endian bytes."""
+    return hashlib.sha256(np.ascontiguousarray(row, dtype=SLOT_ARRAYS[name]).tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -219,15 +372,25 @@ class TaskRecord:
         raw = bytes(row).rstrip(b"\0")
         try:
             data = json.loads(raw.decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (ValueError, RecursionError) as error:  # bad UTF-8/JSON, deep nesting, huge ints
             raise StoreError(f"task {index}: record is not valid JSON ({error})") from error
         if not isinstance(data, dict):
             raise StoreError(f"task {index}: record is not a JSON object")
         problems = []
         if data.get("index") != index:
             problems.append(f"index {data.get('index')!r} != row {index}")
-        if not isinstance(data.get("data"), str):
-            problems.append("'data' is not a string")
+        for key in ("data", "created"):  # shown on terminals: printable text only
+            text = data.get(key, "")
+            if not isinstance(text, str) or len(text) > MAX_RECORD_TEXT or not text.isprintable():
+                problems.append(f"'{key}' is not printable text of at most {MAX_RECORD_TEXT}")
+        if not isinstance(data.get("train", {}), dict):
+            problems.append("'train' is not an object")
+        seconds = data.get("seconds")
+        if seconds is not None and (not _is_number(seconds) or not seconds >= 0):
+            problems.append(f"'seconds' {seconds!r} is not a non-negative number")
+        density = data.get("density")
+        if density is not None and (not _is_number(density) or not 0 < density <= 1):
+            problems.append(f"'density' {density!r} is not in (0, 1]")
         classes = data.get("classes")
         if (
             not isinstance(classes, list)
@@ -240,7 +403,7 @@ class TaskRecord:
         if not isinstance(data.get("sha256"), str) or not SHA256_PATTERN.fullmatch(data["sha256"]):
             problems.append("'sha256' is not 64 lowercase hex digits")
         accuracy = data.get("accuracy")
-        if accuracy is not None and not (isinstance(accuracy, int | float) and 0 <= accuracy <= 1):
+        if accuracy is not None and not (_is_number(accuracy) and 0 <= accuracy <= 1):
             problems.append(f"'accuracy' {accuracy!r} is not in [0, 1]")
         if not _is_int(data.get("revision", 0)) or data.get("revision", 0) < 0:
             problems.append("'revision' is not a non-negative integer")
@@ -259,23 +422,86 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _zarr_store(path: str, writable: bool) -> zarr.storage.LocalStore:
-    return zarr.storage.LocalStore(path, read_only=not writable)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _zarr_store(
+    path: str, writable: bool, limits: storage.ReadLimits | None = None
+) -> storage.GuardedStore:
+    """A folder's or URL's zarr store, every read bounded by `limits` (storage.py)."""
+    return storage.zarr_store(path, writable, limits)
 
 
 @contextmanager
 def _write_lock(path: str) -> Iterator[None]:
-    """Exclusive writer lock (fcntl: released by the kernel if the holder dies, never stale)."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    lock = FileLock(os.path.join(path, LOCK_NAME), timeout=LOCK_TIMEOUT_SECONDS)
-    try:
-        with lock:
-            yield
-    except Timeout as error:
+    """Exclusive writer lock: fcntl for folders (the kernel releases it if the holder dies, never
+    stale), a conditional-write lock object for s3:// (storage.py)."""
+    with storage.write_lock(path, LOCK_NAME, LOCK_TIMEOUT_SECONDS):
+        storage.remove_partial_files(path)  # a killed writer's half-written files
+        _fault_point("locked")
+        yield
+
+
+def _fault_point(step: str) -> None:
+    """Fault injection for the killed-writer tests: SIGKILL this process at the named step."""
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _chunk_limit(header: StoreHeader) -> int:
+    """The largest chunk an honest store with this header holds, plus zstd's worst-case growth."""
+    largest = max(
+        header.mask_bytes,
+        RECORD_BYTES,
+        4 * header.mask_bits,
+        4 * header.net.stats_size,
+        4 * TASK_ROWS_CHUNK,
+        LOG_CHUNK_ROWS * LOG_BYTES,
+        0 if header.hopfield is None else 4 * header.mask_bits**2,
+        0 if header.packed is None else header.packed.width,
+    )
+    return largest + largest // 512 + 1024
+
+
+class _CheckedArray(zarr.Array):
+    """A store array whose failed reads (truncated or garbled chunks) raise StoreError."""
+
+    def __getitem__(self, selection: Any) -> Any:
+        try:
+            return super().__getitem__(selection)
+        except SupsupError:
+            raise
+        except Exception as error:
+            raise self._unreadable(error) from error
+
+    def get_orthogonal_selection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_orthogonal_selection(*args, **kwargs)
+        except SupsupError:
+            raise
+        except Exception as error:
+            raise self._unreadable(error) from error
+
+    def _unreadable(self, error: Exception) -> StoreError:
+        where = getattr(self.store, "location", "store")
+        return StoreError(f"{where}: array '{self.path}' is unreadable ({_one_line(error)})")
+
+
+def _checked_codecs(array: zarr.Array, name: str, group: zarr.Group) -> _CheckedArray:
+    """Reader rule R7: only `bytes` (little-endian), then optionally `zstd`, decode an array."""
+    codecs = [codec.to_dict() for codec in array.metadata.codecs]
+    names = tuple(codec.get("name") for codec in codecs)
+    endian = codecs[0].get("configuration", {}).get("endian", "little") if codecs else None
+    if names not in CODEC_CHAINS or endian != "little" or array.metadata.storage_transformers:
         raise StoreError(
-            f"{path}: another writer has held the lock for {LOCK_TIMEOUT_SECONDS:.0f} s "
-            "(set SUPSUP_LOCK_TIMEOUT to wait longer)"
-        ) from error
+            f"array '{name}' uses codecs {list(names)} ({endian}-endian); "
+            "allowed: little-endian bytes, then zstd"
+        )
+    limits = getattr(group.store, "limits", None)
+    if "zstd" in names and limits is not None:
+        limits.zstd_arrays.add(array.path)
+    return _CheckedArray(array._async_array)
 
 
 class MaskStore:
@@ -292,7 +518,8 @@ class MaskStore:
     def exists(path: str | Path) -> bool:
         """Whether a fully created store is at `path` (creation commits its attributes last)."""
         try:
-            group = zarr.open_group(_zarr_store(str(path), writable=False), mode="r")
+            store = _zarr_store(storage.normalise(path), writable=False)
+            group = zarr.open_group(store, mode="r", zarr_format=3)
         except Exception:
             return False
         return ATTRIBUTE_KEY in group.attrs
@@ -300,13 +527,17 @@ class MaskStore:
     @classmethod
     def open(cls, path: str | Path, writable: bool = False) -> MaskStore:
         """Open and check a store; any problem is one StoreError naming the path."""
-        path = str(path)
-        if not Path(path).exists():
+        path = storage.normalise(path)
+        if not storage.exists(path):
             raise StoreError(f"{path}: no such store")
+        limits = storage.ReadLimits()  # metadata-sized until the header says what chunks hold
         try:
-            group = zarr.open_group(_zarr_store(path, writable), mode="r+" if writable else "r")
+            store = _zarr_store(path, writable, limits)
+            group = zarr.open_group(store, mode="r+" if writable else "r", zarr_format=3)
         except SupsupError:
             raise
+        except FileNotFoundError as error:  # a folder without zarr.json (or being created)
+            raise StoreError(f"{path}: not a readable Zarr v3 group (no zarr.json)") from error
         except Exception as error:
             raise StoreError(
                 f"{path}: not a readable Zarr v3 group ({_one_line(error)})"
@@ -315,6 +546,7 @@ class MaskStore:
             raise StoreError(f"{path}: not a Zarr group")
         try:
             header = StoreHeader.from_attrs(group.attrs.get(ATTRIBUTE_KEY))
+            limits.chunk_bytes = _chunk_limit(header)
             return cls(path, group, header)
         except StoreError as error:
             raise StoreError(f"{path}: {error}") from error
@@ -324,12 +556,12 @@ class MaskStore:
         cls, path: str | Path, net: NetConfig, rule: str, density: float | None
     ) -> MaskStore:
         """Create an empty store; refuses to overwrite an existing one."""
-        path = str(path)
+        path = storage.normalise(path)
         check_rule(rule, density)
         if rule == "sign":
             density = None
         header = StoreHeader(net, rule, density, 0)
-        if Path(path).exists() and not Path(path).is_dir():
+        if storage.is_file(path):
             raise StoreError(f"{path}: exists and is not a directory")
         try:
             with _write_lock(path):
@@ -337,9 +569,48 @@ class MaskStore:
                     raise StoreError(f"{path}: a store already exists here")
                 _clear_interrupted_creation(path)
                 _initialise(path, header)
-        except PermissionError as error:
-            raise StoreError(f"{path}: cannot write here ({error.strerror})") from error
+        except OSError as error:
+            raise StoreError(f"{path}: cannot write here ({error.strerror or error})") from error
         return cls.open(path, writable=True)
+
+    @classmethod
+    def open_or_create(
+        cls, path: str | Path, net: NetConfig, rule: str, density: float | None
+    ) -> tuple[MaskStore, bool]:
+        """The store at `path`, created if absent, and whether this call created it.
+
+        Writers started together on a new path agree: one creates the store (under the lock),
+        the others open it, and each checks that it is the store they trained for.
+        """
+        if not cls.exists(path):
+            try:
+                return cls.create(path, net, rule, density), True
+            except StoreError:
+                if not cls.exists(path):  # failed for another reason than a faster creator
+                    raise
+        store = cls.open(path, writable=True)
+        store.check_compatible(net.arch, net.outputs, net.seed, rule, density)
+        return store, False
+
+    @staticmethod
+    def check_creatable(path: str | Path) -> None:
+        """Fail early (before any training) if a store cannot be made at a local `path`."""
+        if storage.is_url(str(path)):
+            return  # object stores answer only when written to
+        target = Path(path)
+        if target.exists() and not target.is_dir():
+            raise StoreError(f"{path}: exists and is not a directory")
+        if target.is_dir():
+            _foreign_or_unfinished(str(target))  # a folder of other files: refused now
+        ancestor = target
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        try:  # a real probe: access() says yes to root where mkdir still fails (/proc, read-only)
+            if not ancestor.is_dir():
+                raise NotADirectoryError(f"{ancestor} is not a folder")
+            os.rmdir(tempfile.mkdtemp(prefix=".supsup-probe-", dir=ancestor))
+        except OSError as error:
+            raise StoreError(f"{path}: cannot write here ({error.strerror or error})") from error
 
     # -- reading ------------------------------------------------------------------------------
     @property
@@ -352,12 +623,19 @@ class MaskStore:
 
     def tasks(self) -> list[TaskRecord]:
         """All committed task records, in order."""
-        rows = self._arrays["records"][: self.task_count]
-        return [TaskRecord.decode(row, i, self.header) for i, row in enumerate(rows)]
+        rows = self._read_rows("records", self._rows())
+        return [self._decode(row, i) for i, row in enumerate(rows)]
 
     def task(self, index: int) -> TaskRecord:
         self._check_index(index)
-        return TaskRecord.decode(self._arrays["records"][index], index, self.header)
+        row = int(self._rows([index])[0])
+        return self._decode(self._arrays["records"][row], index)
+
+    def _decode(self, row: np.ndarray, index: int) -> TaskRecord:
+        try:
+            return TaskRecord.decode(row, index, self.header)
+        except StoreError as error:
+            raise StoreError(f"{self.path}: {error}") from error
 
     def read_packed(self, indices: Sequence[int] | None = None) -> np.ndarray:
         """Packed masks (n, ceil(D/8)) of the given tasks (all by default), checksums checked."""
@@ -370,17 +648,11 @@ class MaskStore:
                 f"{self.path}: the masks of task(s) {dropped} were dropped by "
                 "`hopfield-encode --drop-masks`; only Hopfield recovery can use them"
             )
-        records = self.tasks()
-        if indices == list(range(len(indices))):
-            packed = self._arrays["masks"][: len(indices)]
-        else:
-            packed = (
-                np.stack([self._arrays["masks"][i] for i in indices])
-                if indices
-                else (np.zeros((0, self.header.mask_bytes), dtype=np.uint8))
-            )
-        for row, index in zip(packed, indices, strict=True):
-            if mask_checksum(row) != records[index].sha256:
+        rows = self._rows(indices)
+        records = self._read_rows("records", rows)  # only the wanted ones: O(n), not O(k)
+        packed = self._mask_rows(rows)
+        for row, record, index in zip(packed, records, indices, strict=True):
+            if mask_checksum(row) != self._decode(record, index).sha256:
                 raise StoreError(f"{self.path}: task {index}: mask bytes do not match their sha256")
         return packed
 
@@ -390,25 +662,57 @@ class MaskStore:
 
     def mask_counts(self) -> np.ndarray:
         """uint32 (D,): how many committed tasks keep each weight (the mean mask times k)."""
-        return self._arrays["mask_counts"][self.task_count % 2]
+        return self._read_slot("mask_counts")
 
     def score_mean(self) -> torch.Tensor | None:
         """Mean raw scores of the committed tasks (for --transfer); None for an empty store."""
         if self.task_count == 0:
             return None
-        total = self._arrays["score_sum"][self.task_count % 2]
+        total = self._read_slot("score_sum")
         return torch.from_numpy(total / np.float32(self.task_count))
+
+    def _read_slot(self, name: str) -> np.ndarray:
+        """The current row of mask_counts or score_sum, checked against the header's sha256:
+        a damaged row, or one rewritten by two commits since this store was opened, is refused."""
+        row = self._arrays[name][self.header.slot]
+        if self.header.slots is not None:
+            if _slot_digest(row, name) != self.header.slots[list(SLOT_ARRAYS).index(name)]:
+                raise StoreError(
+                    f"{self.path}: {name} does not match its sha256 (damaged, or rewritten by "
+                    "writers while this was reading; run again)"
+                )
+        return row
 
     def stored_bytes(self) -> int:
         """Bytes of all files of the store on disk."""
-        return sum(p.stat().st_size for p in Path(self.path).rglob("*") if p.is_file())
+        return storage.stored_bytes(self.path)
 
     def verify(self) -> list[str]:
-        """Full check (reader rule R9): records, checksums, padding bits, counts. [] if sound."""
+        """Full check (reader rule R9): records, checksums, padding bits, counts. [] if sound.
+
+        A writer may commit while this reads; a check that failed then is run again on the new
+        commit (a few times), so a store appended to concurrently is not reported as damaged.
+        """
+        for _ in range(VERIFY_ATTEMPTS):
+            problems = self._verify_once()
+            if not problems or MaskStore.open(self.path).header == self.header:
+                return problems
+            self.__dict__.update(MaskStore.open(self.path).__dict__)
+        return problems
+
+    def _verify_once(self) -> list[str]:
         problems: list[str] = []
         total = np.zeros(self.header.mask_bits, dtype=np.uint64)
         hopfield = self.header.hopfield
         encoded_kept = np.zeros(self.header.mask_bits, dtype=np.int64)
+        try:
+            rows = self._rows()
+        except StoreError as error:
+            return [str(error)]
+        try:  # one pass decodes a chain of packed rows once; a failure is then named per task
+            stored: np.ndarray | None = self._mask_rows(rows)
+        except StoreError:
+            stored = None
         for index in range(self.task_count):
             try:
                 record = self.task(index)
@@ -417,7 +721,15 @@ class MaskStore:
                 continue
             if index in self.dropped_tasks():  # no mask bytes to check; R10 accounts for them
                 continue
-            packed = self._arrays["masks"][index]
+            try:
+                packed = (
+                    stored[index]
+                    if stored is not None
+                    else self._mask_rows(rows[index : index + 1])[0]
+                )
+            except StoreError as error:
+                problems.append(f"task {index}: {error}")
+                continue
             if mask_checksum(packed) != record.sha256:
                 problems.append(f"task {index}: mask bytes do not match their sha256")
                 continue
@@ -430,15 +742,135 @@ class MaskStore:
         if hopfield is not None:
             dropped_bits = self._verify_hopfield(encoded_kept, problems)
             total += dropped_bits.astype(np.uint64)
+        if self.header.packed is not None and not self.header.packed.dropped:
+            problems += self._verify_blobs(rows)
         if "task_stats" in self._arrays:
-            stats = self._arrays["task_stats"][: self.task_count]
+            stats = self._read_rows("task_stats", rows)
             if not np.all(np.isfinite(stats)):
                 problems.append("task_stats holds non-finite values")
-        if not problems and not np.array_equal(total, self.mask_counts()):
-            problems.append("mask_counts disagree with the sum of the committed masks")
-        if not np.all(np.isfinite(self._arrays["score_sum"][self.task_count % 2])):
-            problems.append("score_sum holds non-finite values")
+        try:
+            if not problems and not np.array_equal(total, self.mask_counts()):
+                problems.append("mask_counts disagree with the sum of the committed masks")
+        except StoreError as error:
+            problems.append(str(error))
+        try:
+            if not np.all(np.isfinite(self._read_slot("score_sum"))):
+                problems.append("score_sum holds non-finite values")
+        except StoreError as error:
+            problems.append(str(error))
+        try:
+            self.read_log()
+        except StoreError as error:
+            problems.append(str(error))
         return problems
+
+    # -- rows: where a task's mask and record live (version 2: through the task_rows table) ---
+    def _rows(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """Rows of `masks` and `records` that hold the given tasks (all by default), int64."""
+        if self.header.version == 1:
+            table = np.arange(self.task_count, dtype=np.int64)
+        else:
+            rows = self._arrays["task_rows"][self.header.slot, : self.task_count]
+            table = rows.astype(np.int64)
+            if table.size and (
+                table.max() >= self.header.rows or np.unique(table).size != table.size
+            ):
+                raise StoreError(
+                    f"{self.path}: task_rows must map the tasks to distinct rows "
+                    f"< {self.header.rows}"
+                )
+        return table if indices is None else table[np.asarray(indices, dtype=np.int64)]
+
+    def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of a per-row array, in the given order (one slice when they are 0..n-1)."""
+        array = self._arrays[name]
+        if np.array_equal(rows, np.arange(rows.size)):
+            return array[: rows.size]
+        return array.get_orthogonal_selection((rows, slice(None)))
+
+    def _mask_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Mask bytes (n, B) of the given rows: raw, or decoded from their blobs (pack.py) where
+        the raw rows were dropped (reader rule R12)."""
+        state = self.header.packed
+        if state is None or not state.dropped:
+            return self._read_rows("masks", rows)
+        blobs, superseded = self._blobs(rows)
+        coded = np.array([int(r) in blobs and int(r) not in superseded for r in rows], dtype=bool)
+        out = np.empty((rows.size, self.header.mask_bytes), dtype=np.uint8)
+        if not coded.all():
+            out[~coded] = self._read_rows("masks", rows[~coded])
+        if coded.any():
+            sites = [math.prod(shape) for shape in self.net.mask_shapes]
+            codec = pack.get_codec(state.codec)
+            out[coded] = pack.decode_packed(codec, blobs, sites, rows[coded].tolist())
+        return out
+
+    def _blobs(self, rows: np.ndarray) -> tuple[dict[int, bytes], set[int]]:
+        """The non-empty blobs of the given rows (context codecs: of every row up to the last),
+        and which of them a later raw row superseded (still the context of the next blob)."""
+        state = self.header.packed
+        wanted = rows[rows < state.rows]
+        if pack.get_codec(state.codec).uses_previous and wanted.size:
+            wanted = np.arange(int(wanted.max()) + 1)
+        blobs, superseded = {}, set()
+        for row, framed in zip(wanted, self._read_rows(PACKED_ARRAY, wanted), strict=True):
+            word = int.from_bytes(framed[:BLOB_LENGTH_BYTES].tobytes(), "little")
+            length = word & ~SUPERSEDED
+            padding = framed[BLOB_LENGTH_BYTES + length :]
+            if length > state.width - BLOB_LENGTH_BYTES or padding.any():
+                raise StoreError(f"{self.path}: packed row {row} has a bad length or padding")
+            if length:
+                blobs[int(row)] = framed[BLOB_LENGTH_BYTES : BLOB_LENGTH_BYTES + length].tobytes()
+            if word & SUPERSEDED:
+                superseded.add(int(row))
+        return blobs, superseded
+
+    def _verify_blobs(self, rows: np.ndarray) -> list[str]:
+        """Blobs kept beside raw rows must decode to those rows (R12 in `verify`)."""
+        dropped = set(self.dropped_tasks())
+        kept = [task for task in range(self.task_count) if task not in dropped]
+        try:
+            blobs, superseded = self._blobs(rows[kept])
+            mine = [t for t in kept if int(rows[t]) in blobs and int(rows[t]) not in superseded]
+            sites = [math.prod(shape) for shape in self.net.mask_shapes]
+            codec = pack.get_codec(self.header.packed.codec)
+            decoded = pack.decode_packed(codec, blobs, sites, rows[mine].tolist())
+        except StoreError as error:
+            return [f"packed masks: {error}"]
+        raw = self._read_rows("masks", rows[mine])
+        return [
+            f"task {task}: packed mask does not match the raw mask"
+            for task, ours, theirs in zip(mine, decoded, raw, strict=True)
+            if not np.array_equal(ours, theirs)
+        ]
+
+    def _free_row(self) -> int:
+        """Where the next mask goes: the row a replace left unused, else a new row at the end."""
+        if self.header.version == 1:
+            return self.task_count
+        used = np.zeros(self.header.rows, dtype=bool)
+        used[self._rows()] = True
+        free = np.flatnonzero(~used)
+        return int(free[0]) if free.size else self.header.rows
+
+    # -- the audit log (rows written by `supsup allocate`; JSON objects, see the spec) ----------
+    def read_log(self) -> list[dict[str, Any]]:
+        """The committed audit log rows, oldest first."""
+        count = self.header.log_count
+        if count == 0:
+            return []
+        rows = []
+        for position, row in enumerate(self._arrays["log"][:count]):
+            try:
+                value = json.loads(bytes(row).rstrip(b"\0").decode())
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise StoreError(
+                    f"{self.path}: log row {position} is not JSON ({error})"
+                ) from error
+            if not isinstance(value, dict):
+                raise StoreError(f"{self.path}: log row {position} is not a JSON object")
+            rows.append(value)
+        return rows
 
     # -- per-task statistics and the Hopfield energy (hopfield.py computes, this keeps bytes) ---
     def read_task_stats(self, index: int) -> torch.Tensor:
@@ -446,7 +878,7 @@ class MaskStore:
         self._check_index(index)
         if "task_stats" not in self._arrays:
             raise StoreError(f"{self.path}: {self.net.arch} keeps no per-task statistics")
-        row = self._arrays["task_stats"][index]
+        row = self._arrays["task_stats"][int(self._rows([index])[0])]
         if not np.all(np.isfinite(row)):
             raise StoreError(f"{self.path}: task {index}: statistics hold non-finite values")
         return torch.from_numpy(np.ascontiguousarray(row, dtype=np.float32))
@@ -528,7 +960,8 @@ class MaskStore:
             fresh._commit_header(replace(fresh.header, hopfield=state))
             empty = np.zeros(fresh.header.mask_bytes, dtype=np.uint8)
             for index in state.dropped:  # also finishes a drop interrupted after its commit
-                fresh._arrays["masks"][index] = empty  # equals the fill value: the chunk is removed
+                row = int(fresh._rows([index])[0])
+                fresh._arrays["masks"][row] = empty  # equals the fill value: the chunk is removed
         self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
         return state
 
@@ -558,7 +991,7 @@ class MaskStore:
                 raise StoreError(
                     f"{self.path}: Hopfield array '{name}/{key}' must be {dtype} {shape}, one chunk"
                 )
-            arrays.append(array)
+            arrays.append(_checked_codecs(array, f"{name}/{key}", self._group))
         return arrays[0], arrays[1]
 
     def _verify_hopfield(self, encoded_kept: np.ndarray, problems: list[str]) -> np.ndarray:
@@ -596,8 +1029,14 @@ class MaskStore:
         created: str,
         seconds: float | None,
         task_stats: torch.Tensor | None = None,
+        log: Sequence[dict[str, Any]] = (),
+        expect: StoreHeader | None = None,
     ) -> TaskRecord:
-        """Append one task atomically under the writer lock; returns its record."""
+        """Append one task atomically under the writer lock; returns its record.
+
+        `log` rows go to the audit log in the same commit; with `expect` (the header the caller
+        last saw) nothing is written if another writer committed since.
+        """
         stats_size = self.header.net.stats_size
         stats = None if task_stats is None else task_stats.detach().float().cpu().numpy().ravel()
         if (0 if stats is None else stats.size) != stats_size:
@@ -614,6 +1053,7 @@ class MaskStore:
         packed = pack_mask(bits)
         with _write_lock(self.path):
             fresh = MaskStore.open(self.path, writable=True)  # another writer may have appended
+            fresh._check_expected(expect)
             index = fresh.task_count
             if index >= MAX_TASKS:
                 raise StoreError(f"{self.path}: the store holds the maximum of {MAX_TASKS} tasks")
@@ -629,13 +1069,284 @@ class MaskStore:
                 created=created,
                 seconds=seconds,
             )
-            fresh._write_task_rows(index, packed, record, stats)
-            arrays = fresh._arrays
-            arrays["mask_counts"][(index + 1) % 2] = arrays["mask_counts"][index % 2] + bits
-            arrays["score_sum"][(index + 1) % 2] = arrays["score_sum"][index % 2] + flat_scores
-            fresh._commit(index + 1)
+            row = fresh._free_row()
+            fresh._write_task_rows(row, packed, record, stats)
+            fresh._commit_tasks(index + 1, {index: row}, bits, flat_scores, log)
         self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
         return record
+
+    def replace_task(
+        self,
+        index: int,
+        mask_bits: np.ndarray,
+        score_change: torch.Tensor,
+        *,
+        accuracy: float | None,
+        train: dict[str, Any],
+        seconds: float | None,
+        log: Sequence[dict[str, Any]] = (),
+        expect: StoreHeader | None = None,
+    ) -> TaskRecord:
+        """Replace a task's mask atomically (readers see the old or the new one, never half).
+
+        The new mask and record go to a row no committed task uses; the commit points the task
+        at it. The task's record keeps its index, data and creation time, with `revision` + 1.
+        `score_change` (D,) is added to the score sum (new raw scores minus those it replaces).
+        """
+        bits = np.asarray(mask_bits, dtype=bool).ravel()
+        change = score_change.detach().float().cpu().numpy().ravel()
+        if bits.size != self.header.mask_bits or change.size != self.header.mask_bits:
+            raise StoreMismatchError(
+                f"mask has {bits.size} bits, the store's network has {self.header.mask_bits}"
+            )
+        packed = pack_mask(bits)
+        with _write_lock(self.path):
+            fresh = MaskStore.open(self.path, writable=True)
+            fresh._check_expected(expect)
+            fresh._check_index(index)
+            if fresh.net.stats_size:
+                raise StoreError(
+                    f"{self.path}: {fresh.net.arch} keeps per-task statistics; replacing a "
+                    "task's mask is not supported for it"
+                )
+            hopfield = fresh.header.hopfield
+            if hopfield is not None and index in hopfield.tasks:
+                raise StoreError(
+                    f"{self.path}: task {index} is Hopfield-encoded; replacing its mask would "
+                    "leave the energy matrix disagreeing with it"
+                )
+            old = fresh.task(index)
+            old_bits = fresh.read_mask(index)
+            record = replace(
+                old,
+                accuracy=accuracy,
+                sha256=mask_checksum(packed),
+                train=train,
+                seconds=seconds,
+                revision=old.revision + 1,
+            )
+            row = fresh._free_row()
+            fresh._write_task_rows(row, packed, record)
+            count_change = bits.astype(np.int64) - old_bits
+            fresh._commit_tasks(fresh.task_count, {index: row}, count_change, change, log, True)
+        self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
+        return record
+
+    def pack(
+        self,
+        codec: str = pack.DEFAULT_CODEC,
+        out: str | Path | None = None,
+        drop_raw: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pack.PackReport:
+        """Entropy-code every mask row (pack.py; codec `auto`: the smallest) into the `packed`
+        array: beside the raw rows in place, or in a new store at `out`, without the raw rows if
+        `drop_raw` (version 3)."""
+        started = time.perf_counter()
+        if codec != pack.AUTO:
+            pack.get_codec(codec)  # an unknown name fails before anything is read
+        if drop_raw and out is None:
+            raise ConfigError("--drop-raw needs --out: raw masks are never dropped in place")
+        target = None if out is None else storage.normalise(out)
+        if target is not None and storage.exists(target):
+            raise StoreError(f"{target}: already exists; choose a new --out path")
+        if target is None and self.header.packed is not None and self.header.packed.dropped:
+            raise ConfigError(f"{self.path}: its raw masks were dropped; pack it to a new --out")
+        with _write_lock(self.path):
+            fresh = MaskStore.open(self.path, writable=target is None)
+            rows = fresh._rows()
+            dropped = set(fresh.dropped_tasks())
+            kept = [task for task in range(fresh.task_count) if task not in dropped]
+            masks = fresh.read_packed(kept)  # (k, B): decoded if need be, checksums checked
+            by_row: list[np.ndarray | None] = [None] * fresh.header.row_count
+            for task, mask in zip(kept, masks, strict=True):
+                by_row[int(rows[task])] = mask
+            sites = [math.prod(shape) for shape in fresh.net.mask_shapes]
+            chosen, blobs = pack.encode_store(codec, by_row, sites, progress)
+            width = BLOB_LENGTH_BYTES + max((len(blob) for blob in blobs), default=0)
+            state = PackedState(chosen.name, len(blobs), width, drop_raw)
+            framed = np.zeros((len(blobs), width), dtype=np.uint8)  # (rows, width)
+            for row, blob in enumerate(blobs):
+                framed[row, :BLOB_LENGTH_BYTES] = np.frombuffer(
+                    len(blob).to_bytes(BLOB_LENGTH_BYTES, "little"), dtype=np.uint8
+                )
+                framed[row, BLOB_LENGTH_BYTES : BLOB_LENGTH_BYTES + len(blob)] = np.frombuffer(
+                    blob, dtype=np.uint8
+                )
+            if target is None:
+                fresh._write_packed(state, framed)
+            else:
+                fresh._copy_packed(target, state, framed, by_row)
+        written = MaskStore.open(target or self.path)
+        if target is None:
+            self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
+        kept_weights = unpack_mask(masks, self.header.mask_bits).sum(axis=1)  # (k,)
+        sizes = tuple(
+            pack.TaskSize(task, int(ones), len(blobs[int(rows[task])]), self.header.mask_bits)
+            for task, ones in zip(kept, kept_weights, strict=True)
+        )
+        return pack.PackReport(
+            written.path,
+            chosen.name,
+            drop_raw,
+            sizes,
+            time.perf_counter() - started,
+            written.stored_bytes(),
+        )
+
+    def _write_packed(self, state: PackedState, framed: np.ndarray) -> None:
+        """In place, raw rows kept: forget the old blobs (a commit), write the new, commit them."""
+        self._commit_header(replace(self.header, packed=None))
+        if PACKED_ARRAY in self._group:
+            del self._group[PACKED_ARRAY]
+        array = self._group.create_array(
+            PACKED_ARRAY,
+            shape=framed.shape,
+            chunks=(1, state.width),
+            dtype="uint8",
+            fill_value=0,
+            compressors=PACKED_COMPRESSOR,
+        )
+        if framed.size:
+            array[...] = framed
+        self._commit_header(replace(self.header, packed=state))
+
+    def _copy_packed(
+        self, target: str, state: PackedState, framed: np.ndarray, by_row: list[np.ndarray | None]
+    ) -> None:
+        """A new store at `target`: every array of this one (raw rows restored, or dropped), the
+        blobs, then the header last, as creation does (an interrupted copy is no store)."""
+        with _write_lock(target):
+            if MaskStore.exists(target):
+                raise StoreError(f"{target}: already exists; choose a new --out path")
+            _clear_interrupted_creation(target)
+            dest = zarr.create_group(_zarr_store(target, True), attributes={CREATING_KEY: True})
+            with warnings.catch_warnings():  # the lock file is no Zarr node: zarr warns
+                warnings.filterwarnings("ignore", "Object at .* is not recognized")
+                members = sorted(self._group.members(max_depth=None), key=lambda m: m[0].count("/"))
+            for name, member in members:
+                if isinstance(member, zarr.Group):
+                    dest.create_group(name, attributes=member.attrs.asdict())
+                elif name != PACKED_ARRAY:
+                    _copy_array(member, dest, name, skip_data=name == "masks")
+            if not state.dropped:  # raw rows restored (a version 3 source had none)
+                raw = dest["masks"]
+                for row, mask in enumerate(by_row):
+                    if mask is not None:
+                        raw[row] = mask
+            header = replace(self.header, packed=state)
+            if state.dropped and header.version == 1:  # version 3 builds on version 2's row map
+                table = dest.create_array(
+                    "task_rows",
+                    shape=(2, -(-max(1, header.task_count) // TASK_ROWS_CHUNK) * TASK_ROWS_CHUNK),
+                    chunks=(1, TASK_ROWS_CHUNK),
+                    dtype="uint32",
+                    fill_value=0,
+                )
+                table[header.slot, : header.task_count] = np.arange(header.task_count)
+                header = replace(header, revision=header.task_count, rows=header.task_count)
+            version = PACKED_VERSION if state.dropped else min(header.version, ROW_MAP_VERSION)
+            header = replace(header, version=version)
+            dest.create_array(
+                PACKED_ARRAY,
+                shape=framed.shape,
+                chunks=(1, state.width),
+                dtype="uint8",
+                fill_value=0,
+                compressors=PACKED_COMPRESSOR,
+            )[...] = framed
+            others = {
+                key: value
+                for key, value in self._group.attrs.asdict().items()
+                if key not in (ATTRIBUTE_KEY, CREATING_KEY)
+            }
+            storage.confirm_lock(target)
+            dest.attrs.put(others | {ATTRIBUTE_KEY: header.to_attrs()})
+
+    def append_log(self, rows: Sequence[dict[str, Any]], expect: StoreHeader | None = None) -> None:
+        """Append audit log rows (JSON objects) in one commit."""
+        with _write_lock(self.path):
+            fresh = MaskStore.open(self.path, writable=True)
+            fresh._check_expected(expect)
+            fresh._commit_header(replace(fresh.header, log_count=fresh._write_log(rows)))
+        self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
+
+    def _check_expected(self, expect: StoreHeader | None) -> None:
+        if expect is not None and self.header != expect:
+            raise StoreError(
+                f"{self.path}: another writer changed the store meanwhile; nothing was written"
+            )
+
+    def _commit_tasks(
+        self,
+        task_count: int,
+        moved: dict[int, int],
+        count_change: np.ndarray,
+        score_change: np.ndarray,
+        log: Sequence[dict[str, Any]] = (),
+        row_map: bool = False,
+    ) -> None:
+        """Write the next slot of the per-weight statistics (and, with a row map, of task_rows),
+        the log rows, then commit: the slot flips with the commit, so readers never see half."""
+        header, arrays = self.header, self._arrays
+        following = 1 - header.slot
+        counts = self._read_slot("mask_counts").astype(np.int64) + count_change  # (D,)
+        arrays["mask_counts"][following] = counts.astype(np.uint32)
+        arrays["score_sum"][following] = self._read_slot("score_sum") + score_change
+        new = replace(header, task_count=task_count, log_count=self._write_log(log))
+        if row_map or header.version >= ROW_MAP_VERSION:
+            table = np.zeros(task_count, dtype=np.int64)
+            table[: self.task_count] = self._rows()
+            for task, row in moved.items():
+                table[task] = row
+            self._row_table(task_count)[following, :task_count] = table.astype(np.uint32)
+            new = replace(
+                new,
+                version=max(header.version, ROW_MAP_VERSION),
+                revision=header.commit_count + 1,
+                rows=max(header.row_count, int(table.max()) + 1),
+            )
+        self._commit_header(new)
+
+    def _row_table(self, task_count: int) -> zarr.Array:
+        """The task_rows array: made by the first replace, grown in whole chunks."""
+        if "task_rows" not in self._arrays:
+            if "task_rows" in self._group:  # left by a writer killed before its commit
+                del self._group["task_rows"]
+            self._arrays["task_rows"] = self._group.create_array(
+                "task_rows",
+                shape=(2, TASK_ROWS_CHUNK),
+                chunks=(1, TASK_ROWS_CHUNK),
+                dtype="uint32",
+                fill_value=0,
+            )
+        table = self._arrays["task_rows"]
+        if table.shape[1] < task_count:
+            table.resize((2, -(-task_count // TASK_ROWS_CHUNK) * TASK_ROWS_CHUNK))
+        return table
+
+    def _write_log(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Write audit rows past the committed ones; returns the log count to commit."""
+        count = self.header.log_count
+        if not rows:
+            return count
+        end = count + len(rows)
+        if end > MAX_LOG_ROWS:
+            raise StoreError(f"{self.path}: the audit log holds the maximum of {MAX_LOG_ROWS} rows")
+        encoded = np.stack([_encode_log_row(row) for row in rows])  # (n, LOG_BYTES)
+        if "log" not in self._arrays:
+            self._arrays["log"] = self._group.create_array(
+                "log",
+                shape=(0, LOG_BYTES),
+                chunks=(LOG_CHUNK_ROWS, LOG_BYTES),
+                dtype="uint8",
+                fill_value=0,
+            )
+        log = self._arrays["log"]
+        if log.shape[0] < end:
+            log.resize((end, LOG_BYTES))
+        log[count:end] = encoded
+        return end
 
     def _write_task_rows(
         self, index: int, packed: np.ndarray, record: TaskRecord, stats: np.ndarray | None = None
@@ -643,8 +1354,19 @@ class MaskStore:
         for name in ("masks", "records", "task_stats"):
             if name in self._arrays and self._arrays[name].shape[0] <= index:
                 self._arrays[name].resize((index + 1, self._arrays[name].shape[1]))
+        if self.header.packed is not None and index < self.header.packed.rows:
+            # Flag the row's blob superseded: it must not shadow the new raw row, and it stays
+            # because a context codec decodes the next blob from it.
+            framed = self._arrays[PACKED_ARRAY][index]
+            word = int.from_bytes(framed[:BLOB_LENGTH_BYTES].tobytes(), "little")
+            if word:
+                flagged = (word | SUPERSEDED).to_bytes(BLOB_LENGTH_BYTES, "little")
+                framed[:BLOB_LENGTH_BYTES] = np.frombuffer(flagged, dtype=np.uint8)
+                self._arrays[PACKED_ARRAY][index] = framed
         self._arrays["masks"][index] = packed
+        _fault_point("mask-row")
         self._arrays["records"][index] = record.encode()
+        _fault_point("record-row")
         if stats is not None:
             self._arrays["task_stats"][index] = stats
 
@@ -653,8 +1375,16 @@ class MaskStore:
 
     def _commit_header(self, header: StoreHeader) -> None:
         """The one atomic write that makes everything written before it part of the store."""
+        if header.slots is None or header.commit_count != self.header.commit_count:
+            # The slot flips with this commit: digest the rows it makes current (writers build
+            # them from the checked current rows, so a damaged row is never blessed here).
+            digests = [_slot_digest(self._arrays[n][header.slot], n) for n in SLOT_ARRAYS]
+            header = replace(header, slots=(digests[0], digests[1]))
+        _fault_point("before-commit")
+        storage.confirm_lock(self.path)  # an object-store writer overtaken after its lease stops
         self._group.attrs[ATTRIBUTE_KEY] = header.to_attrs()
         self.header = header
+        _fault_point("committed")
 
     def _check_index(self, index: int) -> None:
         if not _is_int(index) or not 0 <= index < self.task_count:
@@ -696,22 +1426,31 @@ class MaskStore:
 
 def _clear_interrupted_creation(path: str) -> None:
     """Remove what a creator killed mid-way left; refuse a folder that holds anything else."""
-    leftovers = [p for p in Path(path).iterdir() if p.name != LOCK_NAME]
+    leftovers = _foreign_or_unfinished(path)
+    for leftover in leftovers:
+        storage.remove(path, leftover)
+
+
+def _foreign_or_unfinished(path: str) -> list[str]:
+    """What a new store would replace at `path`: nothing, or an unfinished creation's entries;
+    a folder holding anything else is refused (never delete what supsup did not write)."""
+    leftovers = storage.entries(path, ignore=LOCK_NAME)
     if not leftovers:
-        return
+        return []
     try:
-        attrs = zarr.open_group(_zarr_store(path, False), mode="r").attrs.asdict()
+        group = zarr.open_group(_zarr_store(path, False), mode="r", zarr_format=3)
+        attrs = group.attrs.asdict()
     except Exception:
         attrs = {}
     if attrs.get(CREATING_KEY) is not True:
         raise StoreError(f"{path}: the folder is not empty and holds no supsup store")
-    for leftover in leftovers:
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    return leftovers
 
 
 def _initialise(path: str, header: StoreHeader) -> None:
     """Mark the group as being created, write the arrays, then the header last (the commit)."""
     group = zarr.create_group(_zarr_store(path, True), attributes={CREATING_KEY: True})
+    _fault_point("create-marked")
     bits, nbytes = header.mask_bits, header.mask_bytes
     group.create_array(
         "masks", shape=(0, nbytes), chunks=(1, nbytes), dtype="uint8", compressors=None
@@ -730,7 +1469,10 @@ def _initialise(path: str, header: StoreHeader) -> None:
         group.create_array(
             "task_stats", shape=(0, stats), chunks=(1, stats), dtype="float32", fill_value=0
         )
-    group.attrs.put({ATTRIBUTE_KEY: header.to_attrs()})
+    _fault_point("create-arrays")
+    zeros = [_slot_digest(np.zeros(bits), name) for name in SLOT_ARRAYS]  # empty slots
+    storage.confirm_lock(path)
+    group.attrs.put({ATTRIBUTE_KEY: replace(header, slots=(zeros[0], zeros[1])).to_attrs()})
 
 
 def _checked_arrays(group: zarr.Group, header: StoreHeader) -> dict[str, zarr.Array]:
@@ -756,16 +1498,87 @@ def _checked_arrays(group: zarr.Group, header: StoreHeader) -> dict[str, zarr.Ar
             raise StoreError(f"'{name}' is not a 2-D array")
         if str(array.dtype) != dtype:
             raise StoreError(f"array '{name}' has dtype {array.dtype}, expected {dtype}")
-        rows_needed = 2 if name in ("mask_counts", "score_sum") else count
+        rows_needed = 2 if name in ("mask_counts", "score_sum") else header.row_count
         if array.shape[1] != width or array.shape[0] < rows_needed:
             raise StoreError(
                 f"array '{name}' has shape {array.shape}, "
                 f"expected at least ({rows_needed}, {width})"
             )
+        if array.shape[0] > MAX_ROWS:  # zarr's row selections allocate memory per row chunk
+            raise StoreError(f"array '{name}' claims {array.shape[0]:,} rows; at most {MAX_ROWS:,}")
         if tuple(array.chunks) != chunks:
             raise StoreError(f"array '{name}' has chunks {array.chunks}, expected {chunks}")
-        arrays[name] = array
+        arrays[name] = _checked_codecs(array, name, group)
+    if header.version >= ROW_MAP_VERSION:
+        arrays["task_rows"] = _checked_extra(
+            group, "task_rows", "uint32", (2, count), (1, TASK_ROWS_CHUNK)
+        )
+    if header.log_count or "log" in group:
+        arrays["log"] = _checked_extra(
+            group, "log", "uint8", (header.log_count, LOG_BYTES), (LOG_CHUNK_ROWS, LOG_BYTES)
+        )
+    if header.packed is not None:
+        width = header.packed.width
+        arrays[PACKED_ARRAY] = _checked_extra(
+            group, PACKED_ARRAY, "uint8", (header.packed.rows, width), (1, width)
+        )
     return arrays
+
+
+def _checked_extra(
+    group: zarr.Group,
+    name: str,
+    dtype: str,
+    least: tuple[int, int],
+    chunks: tuple[int, int],
+) -> zarr.Array:
+    """R7 for `task_rows` (version 2) and `log`: dtype, chunks, and at least the rows and columns
+    the header needs (the width of `task_rows` and the rows of `log` grow in whole chunks)."""
+    try:
+        array = group[name]
+    except Exception as error:
+        raise StoreError(f"array '{name}' is missing or unreadable ({_one_line(error)})") from error
+    if not isinstance(array, zarr.Array) or array.ndim != 2 or str(array.dtype) != dtype:
+        raise StoreError(f"'{name}' must be a 2-D {dtype} array")
+    fixed = 0 if name == "task_rows" else 1  # the axis whose size the format fixes
+    if array.shape[fixed] != least[fixed] or array.shape[1 - fixed] < least[1 - fixed]:
+        raise StoreError(f"array '{name}' has shape {array.shape}, expected at least {least}")
+    if tuple(array.chunks) != chunks:
+        raise StoreError(f"array '{name}' has chunks {array.chunks}, expected {chunks}")
+    return _checked_codecs(array, name, group)
+
+
+def _copy_array(array: zarr.Array, dest: zarr.Group, name: str, skip_data: bool) -> None:
+    """Copy one array's metadata, and its data in slabs of whole chunks (about 64 MiB each)."""
+    copy = dest.create_array(
+        name,
+        shape=array.shape,
+        chunks=array.chunks,
+        dtype=array.dtype,
+        fill_value=array.fill_value,
+        compressors=array.compressors,
+        attributes=array.attrs.asdict(),
+    )
+    if skip_data or array.size == 0:
+        return
+    if array.ndim == 0:
+        copy[...] = array[...]
+        return
+    chunk_bytes = math.prod(array.chunks) * array.dtype.itemsize
+    step = array.chunks[0] * max(1, (1 << 26) // max(1, chunk_bytes))
+    for start in range(0, array.shape[0], step):
+        copy[start : start + step] = array[start : start + step]
+
+
+def _encode_log_row(row: dict[str, Any]) -> np.ndarray:
+    if not isinstance(row, dict):
+        raise StoreError("an audit log row must be a JSON object")
+    raw = json.dumps(row, sort_keys=True, allow_nan=False).encode()
+    if len(raw) > LOG_BYTES:
+        raise StoreError(f"audit log row is {len(raw)} bytes; the limit is {LOG_BYTES}")
+    encoded = np.zeros(LOG_BYTES, dtype=np.uint8)
+    encoded[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return encoded
 
 
 def _one_line(error: BaseException) -> str:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import TaskData, load_task
-from .errors import ConfigError, StoreError, StoreMismatchError
+from .errors import ConfigError, StoreMismatchError
 from .nets import NetConfig, PerTaskStats, build_net
 from .store import MaskStore, TaskRecord
 from .supermask import ScoreMasks, bits_to_masks, check_rule, kaiming_uniform_scores, split_flat
@@ -182,14 +182,18 @@ class CreationOptions:
 
     def new_store_settings(self) -> tuple[NetConfig, str, float | None]:
         """The network, mask rule and density of a store made with these options."""
-        rule = self.mask_rule or "topk"
+        rule = "topk" if self.mask_rule is None else self.mask_rule
         if rule == "sign" and self.density is not None:
             raise ConfigError("--density applies to the topk rule only (sign keeps score >= 0)")
         density = (
             (DEFAULT_DENSITY if self.density is None else self.density) if rule == "topk" else None
         )
         check_rule(rule, density)
-        net = NetConfig(self.arch or DEFAULT_ARCH, self.outputs or DEFAULT_OUTPUTS, self.seed or 0)
+        net = NetConfig(
+            DEFAULT_ARCH if self.arch is None else self.arch,
+            DEFAULT_OUTPUTS if self.outputs is None else self.outputs,
+            0 if self.seed is None else self.seed,
+        )
         return net, rule, density
 
 
@@ -231,8 +235,7 @@ def train_task(
         net_config, rule, density = store.net, store.header.mask_rule, store.header.density
         first_index, transfer_mean = store.task_count, store.score_mean()
     else:
-        if store_path.exists() and not store_path.is_dir():
-            raise StoreError(f"{store_path}: exists and is not a directory")
+        MaskStore.check_creatable(store_path)
         net_config, rule, density = options.new_store_settings()
         first_index, transfer_mean = 0, None
     data = load_task(spec, data_root)
@@ -243,12 +246,7 @@ def train_task(
         net_config.mask_shapes, config.init_seed, transfer_mean if config.transfer else None
     )
     result = train_mask(net, data, rule, density, config, scores, device, progress)
-    created = not MaskStore.exists(store_path)
-    store = (
-        MaskStore.create(store_path, net_config, rule, density)
-        if created
-        else MaskStore.open(store_path, True)
-    )
+    store, created = MaskStore.open_or_create(store_path, net_config, rule, density)
     record = store.append_task(
         result.mask_bits,
         result.flat_scores,

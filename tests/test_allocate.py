@@ -241,6 +241,38 @@ def test_audit_log_contents(tmp_path):
     assert store.verify() == []
 
 
+@pytest.mark.parametrize(("commit_every", "revision"), [(1, 3), (3, 1), (10, 0)])
+def test_commits_come_every_n_checks_and_at_the_end(tmp_path, commit_every, revision):
+    path = tmp_path / "s.zarr"
+    config = AllocateConfig(
+        batches_per_segment=40, check_every=10, batch_size=32, commit_every=commit_every
+    )
+    # epsilon 0: only an untrained mask that fits better than mask 0 could allocate; p >= 1/5.
+    outcome = allocate_stream(path, "permuted:1", replace_eps(config, 0.0))
+    store = MaskStore.open(path)
+    assert (
+        outcome.masks_after == 1 and [r.decision for r in outcome.decisions[1:]] == [CONTINUE] * 3
+    )
+    # Checks at batches 10, 20, 30, then the end. Every check: append at 10, replace at 20, 30 and
+    # the end (revision 3); every 3rd: append at 30, replace at the end; every 10th: the end only.
+    assert store.task(0).revision == revision
+    assert store.task(0).train["batches"] == 40
+    assert read_log(path) == list(outcome.decisions)
+
+
+def test_how_often_it_commits_changes_nothing_it_learns(tmp_path):
+    runs = []
+    for every in (1, 10):
+        config = AllocateConfig(
+            batches_per_segment=20, check_every=10, batch_size=32, commit_every=every
+        )
+        outcome = allocate_stream(tmp_path / f"{every}.zarr", "permuted:1,2", config)
+        store = MaskStore.open(tmp_path / f"{every}.zarr")
+        decisions = [(r.batch, r.decision, r.mask, r.p) for r in outcome.decisions]
+        runs.append((decisions, store.read_packed().tobytes(), store.mask_counts().tolist()))
+    assert runs[0] == runs[1]
+
+
 def test_budget_stops_the_run_and_says_so(tmp_path):
     path = tmp_path / "s.zarr"
     # epsilon 4: the threshold (1 + 4)/5 = 1 can never be reached, so every check allocates.

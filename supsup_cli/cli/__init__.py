@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (importing a module registers its commands)
     hopfield_commands,
     infer_commands,
     masks_commands,
+    pack_commands,
     plot_commands,
     store_commands,
 )

@@ -98,6 +98,14 @@ def allocate_command(
     shuffle_seed: Annotated[
         int, typer.Option("--shuffle-seed", help="Seed of the order of each segment's batches.")
     ] = 0,
+    commit_every: Annotated[
+        int,
+        typer.Option(
+            "--commit-every",
+            help="Write the mask being trained to the store every N checks (and whenever the "
+            "decision changes the mask, and at the end): a crash loses at most N checks' batches.",
+        ),
+    ] = 10,
     arch: Annotated[
         str | None,
         typer.Option(
@@ -151,6 +159,7 @@ def allocate_command(
         lr=lr,
         batch_size=batch_size,
         shuffle_seed=shuffle_seed,
+        commit_every=commit_every,
     )
     options = CreationOptions(
         arch=arch, outputs=outputs, seed=seed, mask_rule=mask_rule, density=density
