@@ -272,7 +272,8 @@ class StreamOutcome:
     decisions: tuple[AuditRow, ...]
     batches_trained: int
     budget_stopped: bool
-    purity: float  # Σ_mask max_spec batches(mask, spec) / Σ batches
+    purity: float  # Σ_mask max_spec batches(mask, spec) / Σ batches: masks hold one spec each
+    inverse_purity: float  # Σ_spec max_mask batches(mask, spec) / Σ batches: specs use one mask
     specs: tuple[SpecResult, ...]
     seconds: float
 
@@ -646,6 +647,7 @@ def _outcome(
         by_mask[mask][spec] += count
     trained = sum(run.trained.values())
     purity = sum(max(c.values()) for c in by_mask.values()) / trained if trained else 1.0
+    inverse = sum(max(c.values()) for c in by_spec.values()) / trained if trained else 1.0
     results = []
     for spec in dict.fromkeys(specs):
         if spec not in by_spec:
@@ -668,6 +670,7 @@ def _outcome(
         batches_trained=batches,
         budget_stopped=stopped,
         purity=purity,
+        inverse_purity=inverse,
         specs=tuple(results),
         seconds=seconds,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +240,17 @@ def test_audit_log_contents(tmp_path):
     allocations = [r.mask for r in rows if r.decision == ALLOCATE]
     assert allocations == list(range(store.task_count)) == list(outcome.allocated)
     assert store.verify() == []
+    # Purity from the log: each decision trains its mask on the next check_every batches.
+    by_mask, by_spec = defaultdict(Counter), defaultdict(Counter)
+    for row in rows:
+        by_mask[row.mask][row.data] += QUICK.check_every
+        by_spec[row.data][row.mask] += QUICK.check_every
+    total = 2 * QUICK.batches_per_segment
+    assert outcome.purity == sum(max(c.values()) for c in by_mask.values()) / total
+    assert outcome.inverse_purity == sum(max(c.values()) for c in by_spec.values()) / total
+    assert [(s.data, s.masks_used) for s in outcome.specs] == [
+        (spec, tuple(sorted(by_spec[spec]))) for spec in ("permuted:1", "permuted:2")
+    ]
 
 
 @pytest.mark.parametrize(("commit_every", "revision"), [(1, 3), (3, 1), (10, 0)])

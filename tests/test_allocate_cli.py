@@ -38,7 +38,8 @@ def test_allocate_json_describes_the_run(streamed):
     assert payload["exit_code"] == 0 and not payload["budget_stopped"]
     assert payload["created_store"] and payload["segments"] == ["permuted:1", "permuted:2"]
     assert payload["masks_before"] == 0 and payload["masks_after"] == store.task_count
-    assert payload["batches_trained"] == 40 and 0 <= payload["purity"] <= 1
+    assert payload["batches_trained"] == 40
+    assert 0 < payload["purity"] <= 1 and 0 < payload["inverse_purity"] <= 1
     assert [d["batch"] for d in payload["decisions"]] == [0, 10, 20, 30]
     assert payload["allocated"] == list(range(store.task_count))
     assert [s["data"] for s in payload["specs"]] == ["permuted:1", "permuted:2"]

@@ -214,7 +214,10 @@ def _summary(outcome: StreamOutcome) -> None:
         f"{outcome.batches_trained:,} batches in {outcome.seconds:.1f} s; masks "
         f"{outcome.masks_before} -> {outcome.masks_after} ({new} allocated)"
     )
-    out.print(f"purity {outcome.purity:.2%} (batches on a mask from that mask's main data spec)")
+    out.print(
+        f"purity {outcome.purity:.2%} (batches on a mask from that mask's main data spec), "
+        f"inverse purity {outcome.inverse_purity:.2%} (batches of a spec on that spec's main mask)"
+    )
     table = Table("data", "mask", "masks used", "accuracy", box=None)
     for spec in outcome.specs:
         used = ",".join(map(str, spec.masks_used))
