@@ -377,6 +377,16 @@ def test_cli_drop_masks_then_infer_images(permuted_bn_store: Path, tmp_path: Pat
     assert all(line["task"] in (None, 0, 1) for line in lines)
 
 
+def test_cli_infer_hopfield_refuses_per_image_and_g(tmp_path: Path) -> None:
+    path = tiny_store(tmp_path / "s.zarr")
+    encode_tasks(path)
+    for extra in (["--per", "image"], ["--objective", "G"]):
+        result = runner.invoke(
+            app, ["infer", str(path), "--method", "hopfield", "--data", "split:0", *extra]
+        )
+        assert result.exit_code == 2 and "one mask per batch" in result.stderr
+
+
 def test_cli_bad_task_list(tmp_path: Path) -> None:
     path = tiny_store(tmp_path / "s.zarr")
     result = runner.invoke(app, ["hopfield-encode", str(path), "--tasks", "3-1"])

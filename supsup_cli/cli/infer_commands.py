@@ -107,6 +107,10 @@ def infer(
     if per not in PER_MODES:
         raise ConfigError(f"unknown --per {per!r}; valid: {', '.join(PER_MODES)}")
     if method == HOPFIELD_METHOD:  # recovers masks from the energy matrix, not the mask bank
+        if per != "batch" or objective != "H":
+            raise ConfigError(
+                "--method hopfield recovers one mask per batch with H: no --per/--objective"
+            )
         run_hopfield_infer(
             store,
             source,
