@@ -39,6 +39,7 @@ class Series:
     y: Sequence[float]
     style: str = "-"
     annotations: Sequence[str] = ()
+    marker: str = "o"
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -116,7 +117,9 @@ def line_figure(
     figure = _new_figure()
     axes = figure.add_subplot()
     for one in series:
-        axes.plot(one.x, one.y, one.style, marker="o", markersize=3, label=one.label)
+        axes.plot(
+            one.x, one.y, linestyle=one.style, marker=one.marker, markersize=4, label=one.label
+        )
         for x, y, text in zip(one.x, one.y, one.annotations, strict=False):
             axes.annotate(
                 text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small"
@@ -125,6 +128,7 @@ def line_figure(
         axes.xaxis.get_major_locator().set_params(integer=True)
     if log_x:
         axes.set_xscale("log")
+    axes.margins(x=0.06, y=0.08)  # room for the point labels at the edges
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.grid(True, alpha=0.3)
     if series:
@@ -174,7 +178,7 @@ def accuracy_vs_bytes(series: Sequence[Series], path: Path, note: str = "") -> P
         series,
         path,
         title="Accuracy vs bytes of masks stored",
-        xlabel="bytes of masks (log scale)",
+        xlabel="bytes of all masks learned (log scale)",
         ylabel="mean test accuracy (%)",
         log_x=True,
         note=note,
@@ -202,17 +206,27 @@ def bytes_series(reports: Sequence[Mapping[str, Any]]) -> list[Series]:
             )
     series = []
     for label, points in groups.items():
-        for name, column, style in (("bit-packed", 0, "-"), ("entropy floor", 1, ":")):
-            ordered = sorted(points, key=lambda point: point[column])
-            series.append(
-                Series(
-                    f"{label}, {name}",
-                    [point[column] for point in ordered],
-                    [point[2] for point in ordered],
-                    style,
-                    [point[3] for point in ordered],
-                )
+        packed = sorted(points, key=lambda point: point[0])
+        floor = sorted(points, key=lambda point: point[1])
+        # Bit-packed bytes do not fall with density: markers only, or a sweep draws a wall.
+        series.append(
+            Series(
+                f"{label}, bit-packed as stored",
+                [point[0] for point in packed],
+                [point[2] for point in packed],
+                "none",
+                marker="x",
             )
+        )
+        series.append(
+            Series(
+                f"{label}, entropy floor (what a coder can reach)",
+                [point[1] for point in floor],
+                [point[2] for point in floor],
+                "-",
+                [point[3] for point in floor],
+            )
+        )
     return series
 
 
