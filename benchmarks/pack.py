@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import tempfile
 import time
@@ -48,7 +49,7 @@ def sizes(paths: list[Path]) -> None:
         sites = [math.prod(s) for s in store.net.mask_shapes]
         density = float(unpack_mask(rows, d).mean())  # measured: sign masks have no target
         cells = [
-            path.name,
+            f"{path.parent.name}/{path.name}",
             store.header.mask_rule,
             str(len(rows)),
             f"{density:.4f}",
@@ -99,18 +100,27 @@ def timed(function, repeats: int = 3) -> tuple[float, object]:
     return best, result
 
 
-def speed(tasks: int, density: float) -> None:
-    """Pack, read back and verify a store of `tasks` lenet-300-100 masks; ratios vs raw reads."""
+def speed(tasks: int, density: float, source: Path | None) -> None:
+    """Pack, read back and verify a store of `tasks` lenet-300-100 masks (synthetic, or a copy of
+    a trained store); ratios against reading the raw masks."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        store = synthetic_store(root / "raw.zarr", tasks, density, seed=0)
+        if source is None:
+            store = synthetic_store(root / "raw.zarr", tasks, density, seed=0)
+            what = f"{tasks} synthetic top-k masks at density {density}"
+        else:
+            shutil.copytree(source, root / "raw.zarr", ignore=shutil.ignore_patterns(".supsup*"))
+            store = MaskStore.open(root / "raw.zarr")
+            tasks = store.task_count
+            what = f"{tasks} trained {store.header.mask_rule} masks ({source})"
         raw_read, raw_rows = timed(lambda: MaskStore.open(store.path).read_packed())
         raw_verify, _ = timed(lambda: MaskStore.open(store.path).verify(), repeats=1)
-        pack_in_place, result = timed(lambda: MaskStore.open(store.path).pack("range-site"))
+        pack_site, _ = timed(lambda: MaskStore.open(store.path).pack("range-site"))
+        pack_auto, result = timed(lambda: MaskStore.open(store.path).pack("auto"))
         outs = iter(range(100))
         pack_out, _ = timed(
             lambda: MaskStore.open(store.path).pack(
-                "range-site", out=root / f"small{next(outs)}.zarr", drop_raw=True
+                "auto", out=root / f"small{next(outs)}.zarr", drop_raw=True
             )
         )
         small = MaskStore.open(root / "small0.zarr")
@@ -118,13 +128,14 @@ def speed(tasks: int, density: float) -> None:
         small_verify, problems = timed(lambda: MaskStore.open(small.path).verify(), repeats=1)
         assert np.array_equal(small_rows, raw_rows) and problems == []
         one_read, _ = timed(lambda: MaskStore.open(small.path).read_mask(tasks - 1))
-        print(f"lenet-300-100, {tasks} synthetic top-k masks at density {density}")
+        print(f"{store.net.arch}, {what}; auto chose {result.codec}")
         print("| step | seconds | vs reading the raw store |")
         print("|---|---|---|")
         for name, seconds in (
             ("read all raw masks", raw_read),
-            (f"pack {tasks} tasks in place", pack_in_place),
-            (f"pack {tasks} tasks --out --drop-raw", pack_out),
+            (f"pack {tasks} tasks in place, --codec range-site", pack_site),
+            (f"pack {tasks} tasks in place, --codec auto (both codecs)", pack_auto),
+            (f"pack {tasks} tasks --out --drop-raw (auto)", pack_out),
             ("read all masks, raw dropped (decode)", small_read),
             ("read the last mask, raw dropped", one_read),
             ("verify, raw store", raw_verify),
@@ -132,8 +143,9 @@ def speed(tasks: int, density: float) -> None:
         ):
             print(f"| {name} | {seconds:.3f} | {seconds / raw_read:.1f}x |")
         bits = statistics.mean(t.bits_per_weight for t in result.tasks)
+        bound = statistics.mean(t.bound for t in result.tasks)
         print(
-            f"bits/weight {bits:.4f} vs H2 {binary_entropy(density):.4f}; bytes on disk "
+            f"bits/weight {bits:.4f} vs H2 {bound:.4f}; bytes on disk "
             f"{store.stored_bytes():,} raw -> {small.stored_bytes():,} packed, raw dropped"
         )
 
@@ -146,11 +158,12 @@ def main() -> None:
     speed_parser = commands.add_parser("speed", help="time packing a synthetic store")
     speed_parser.add_argument("--tasks", type=int, default=100)
     speed_parser.add_argument("--density", type=float, default=0.1)
+    speed_parser.add_argument("--store", type=Path, help="time a copy of this store instead")
     args = parser.parse_args()
     if args.command == "sizes":
         sizes(args.stores)
     else:
-        speed(args.tasks, args.density)
+        speed(args.tasks, args.density, args.store)
 
 
 if __name__ == "__main__":

@@ -47,17 +47,21 @@ class Codec:
     summary: str
     uses_previous: bool
 
-    def groups(self, site_sizes: Sequence[int], previous: np.ndarray | None) -> list[np.ndarray]:
-        """Positions (int64 arrays into the flat D bits) of each context group, in coding order."""
-        groups = []
+    def groups(
+        self, site_sizes: Sequence[int], previous: np.ndarray | None
+    ) -> list[tuple[slice | np.ndarray, int]]:
+        """Each context group in coding order: its positions in the flat D bits (a slice for a
+        whole site, else int64 indices) and its size."""
+        groups: list[tuple[slice | np.ndarray, int]] = []
         start = 0
         for size in site_sizes:
-            positions = np.arange(start, start + size)  # (size,)
             if self.uses_previous:
                 context = previous[start : start + size]  # (size,) bool
-                groups += [positions[~context], positions[context]]
+                for chosen in (~context, context):
+                    positions = start + np.flatnonzero(chosen)  # (n,) int64
+                    groups.append((positions, positions.size))
             else:
-                groups.append(positions)
+                groups.append((slice(start, start + size), size))
             start += size
         return groups
 
@@ -102,11 +106,11 @@ def encode_mask(
     bits = np.asarray(bits, dtype=bool).ravel()
     previous = _previous_or_zeros(codec, previous, bits.size)
     groups = codec.groups(site_sizes, previous)
-    counts = np.array([int(bits[g].sum()) for g in groups], dtype="<u4")  # (groups,)
+    counts = np.array([int(bits[g].sum()) for g, _ in groups], dtype="<u4")  # (groups,)
     encoder = constriction.stream.queue.RangeEncoder()
-    for positions, ones in zip(groups, counts, strict=True):
-        if 0 < ones < positions.size:
-            encoder.encode(bits[positions].astype(np.int32), _model(int(ones), positions.size))
+    for (positions, size), ones in zip(groups, counts, strict=True):
+        if 0 < ones < size:
+            encoder.encode(bits[positions].astype(np.int32), _model(int(ones), size))
     words = encoder.get_compressed().astype("<u4", copy=False)
     return counts.tobytes() + words.tobytes()
 
@@ -125,14 +129,14 @@ def decode_mask(
     words = np.frombuffer(blob, dtype="<u4", offset=header).astype(np.uint32)  # (words,)
     bits = np.zeros(mask_bits, dtype=bool)
     decoder = constriction.stream.queue.RangeDecoder(words)
-    for positions, ones in zip(groups, counts, strict=True):
-        if ones > positions.size:
-            raise StoreError(f"packed mask claims {ones} ones in a group of {positions.size}")
-        if ones == positions.size:
+    for (positions, size), ones in zip(groups, counts, strict=True):
+        if ones > size:
+            raise StoreError(f"packed mask claims {ones} ones in a group of {size}")
+        if ones == size:
             bits[positions] = True
         elif ones:
             try:
-                symbols = decoder.decode(_model(int(ones), positions.size), positions.size)
+                symbols = decoder.decode(_model(int(ones), size), size)
             except Exception as error:  # constriction asserts on words no encoder could write
                 raise StoreError(f"packed mask is not a valid encoding ({error})") from error
             if int(symbols.sum()) != ones:
