@@ -152,20 +152,22 @@ class GuardedStore(WrapperStore[Any]):
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         limit = self.limits.of(key)
-        if isinstance(self._store, LocalStore):  # in a thread, as LocalStore reads: stat may wait
-            await asyncio.to_thread(self._check_local_file, key)
-        # One byte more than allowed tells "too big" apart from "exactly at the limit".
-        request = RangeByteRequest(0, limit + 1) if byte_range is None else byte_range
-        value = await self._store.get(key, prototype, request)
+        if isinstance(self._store, LocalStore) and byte_range is None:
+            # In a thread, as LocalStore reads (a stat may wait on the disk), all in one go.
+            raw = await asyncio.to_thread(self._read_local, key, limit)
+            value = None if raw is None else prototype.buffer.from_bytes(raw)
+        else:
+            # One byte more than allowed tells "too big" apart from "exactly at the limit".
+            request = RangeByteRequest(0, limit + 1) if byte_range is None else byte_range
+            value = await self._store.get(key, prototype, request)
         if value is None:
             return None
         if len(value) > limit:
             raise StoreError(
                 f"{self.location}: '{key}' is larger than the {limit:,} bytes the format allows"
             )
-        if (
-            key.split("/", 1)[0] in self.limits.zstd_arrays
-            and key.rsplit("/", 1)[-1] != "zarr.json"
+        if key.rsplit("/", 1)[-1] != "zarr.json" and any(
+            key.startswith(f"{array}/") for array in self.limits.zstd_arrays
         ):
             decoded = zstd_decoded_size(
                 value.as_numpy_array().tobytes(), f"{self.location}: '{key}'"
@@ -188,14 +190,18 @@ class GuardedStore(WrapperStore[Any]):
         for key, prototype, byte_range in requests:
             yield key, await self.get(key, prototype, byte_range)
 
-    def _check_local_file(self, key: str) -> None:
-        # A FIFO would block the reader forever and a device never ends: plain files only.
+    def _read_local(self, key: str, limit: int) -> bytes | None:
+        """At most `limit` + 1 bytes of a local file; None if absent. Plain files only: a FIFO
+        would block the reader forever (opened non-blocking here, then refused), a device
+        never ends."""
         try:
-            mode = os.stat(Path(self._store.root) / key).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        if not stat.S_ISREG(mode):
-            raise StoreError(f"{self.location}: '{key}' is not a regular file")
+            fd = os.open(Path(self._store.root) / key, os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        with open(fd, "rb", closefd=True) as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"{self.location}: '{key}' is not a regular file")
+            return handle.read(limit + 1)
 
 
 def zstd_decoded_size(data: bytes, name: str = "a chunk") -> int:

@@ -154,3 +154,32 @@ def test_the_cli_writer_killed_by_the_fault_hook(permuted_store: Path, tmp_path:
     )
     assert verify.returncode == 0, verify.stdout.decode()
     assert_sound(store, {3})
+
+
+def _append_killed_at_rename(path: Path, rename: int) -> None:
+    """SIGKILL at the `rename`-th file zarr moves into place: the aside file is written, the
+    rename never happens (a torn write as the filesystem sees it)."""
+    real_replace, calls = Path.replace, [0]
+
+    def replace(self: Path, target: Any) -> Path:
+        calls[0] += 1
+        if calls[0] == rename:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(self, target)
+
+    Path.replace = replace  # this child process only
+    append_random_task(path, 3)
+
+
+@pytest.mark.parametrize("rename", range(1, 9))
+def test_append_killed_inside_each_file_write(two_task_store: Path, rename: int) -> None:
+    code = run_child(_append_killed_at_rename, two_task_store, rename)
+    if code == 0:  # an append renames fewer files than this: nothing to interrupt
+        assert_sound(two_task_store, {3})
+        return
+    assert code == -signal.SIGKILL
+    assert list(two_task_store.rglob("*.partial")), "the kill should leave an aside file"
+    count = assert_sound(two_task_store, {2, 3})
+    append_random_task(two_task_store, 4)  # and the next writer clears it
+    assert not list(two_task_store.rglob("*.partial"))
+    assert_sound(two_task_store, {count + 1})
