@@ -37,6 +37,9 @@ from .errors import StoreError
 
 METADATA_LIMIT: Final = 1 << 20  # bytes of one zarr.json; the store's are under 4 KiB
 PARTIAL_SUFFIX: Final = ".partial"  # zarr's LocalStore writes aside under this suffix, then renames
+WRITING_MARKER: Final = (
+    ".supsup.writing"  # there while a writer holds the lock; a killed one's stays
+)
 LOCK_LEASE_SECONDS: Final = float(os.environ.get("SUPSUP_LOCK_LEASE", "60"))
 LOCKING_PROTOCOLS: Final = ("s3",)  # object stores whose conditional writes the lock relies on
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
@@ -80,13 +83,15 @@ def is_file(location: str) -> bool:
 
 
 def entries(location: str, ignore: str) -> list[str]:
-    """Names directly under the location, except `ignore` (the lock) and zarr's partial files."""
+    """Names directly under the location, except `ignore` (the lock), the writing marker and
+    zarr's partial files."""
     if is_url(location):
         fs, root = _filesystem(location)
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
     else:
         names = [p.name for p in Path(location).iterdir()]
-    return [n for n in names if n != ignore and not n.endswith(PARTIAL_SUFFIX)]
+    skip = (ignore, WRITING_MARKER)
+    return [n for n in names if n not in skip and not n.endswith(PARTIAL_SUFFIX)]
 
 
 def remove(location: str, name: str) -> None:
@@ -104,7 +109,8 @@ def remove_partial_files(location: str) -> None:
 
     zarr writes each local file aside (`*.partial`) and renames it into place; a writer killed in
     between leaves the aside file. Only lock holders write, so any such file is a dead writer's.
-    Object stores need nothing: a PUT is atomic.
+    Object stores need nothing: a PUT is atomic. This walks the whole store: `write_lock` calls
+    it only when the writing marker says the last writer died.
     """
     if is_url(location) or not os.path.isdir(location):
         return
@@ -267,9 +273,16 @@ def write_lock(location: str, name: str, timeout: float) -> Iterator[None]:
         return
     Path(location).mkdir(parents=True, exist_ok=True)
     lock = FileLock(os.path.join(location, name), timeout=timeout)
+    marker = Path(location) / WRITING_MARKER
     try:
         with lock:  # flock: the kernel releases it when the holder dies, so it is never stale
-            yield
+            if marker.exists():  # the last holder was killed: clear its half-written files
+                remove_partial_files(location)
+            marker.touch()
+            try:
+                yield
+            finally:  # not reached by a killed writer: its marker stays for the next one
+                marker.unlink(missing_ok=True)
     except Timeout as error:
         raise StoreError(
             f"{location}: another writer has held the lock for {timeout:.0f} s "

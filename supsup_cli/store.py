@@ -437,8 +437,7 @@ def _zarr_store(
 def _write_lock(path: str) -> Iterator[None]:
     """Exclusive writer lock: fcntl for folders (the kernel releases it if the holder dies, never
     stale), a conditional-write lock object for s3:// (storage.py)."""
-    with storage.write_lock(path, LOCK_NAME, LOCK_TIMEOUT_SECONDS):
-        storage.remove_partial_files(path)  # a killed writer's half-written files
+    with storage.write_lock(path, LOCK_NAME, LOCK_TIMEOUT_SECONDS):  # clears a killed one's files
         _fault_point("locked")
         yield
 

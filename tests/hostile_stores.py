@@ -301,8 +301,10 @@ def _huge_json(store: Path) -> None:
 
 
 def _partial_leftovers(store: Path) -> None:
-    # What zarr's LocalStore leaves when its writer is killed between writing aside and renaming.
+    # What zarr's LocalStore leaves when its writer is killed between writing aside and renaming,
+    # and the marker of a writer that never finished.
     (store / "zarr.0123456789abcdef.partial").write_text('{"zarr_format": 3, "trunc')
+    (store / ".supsup.writing").touch()
     (store / "masks" / "c" / "3").mkdir()
     (store / "masks" / "c" / "3" / "0.fedcba9876543210.partial").write_bytes(b"\1" * 10)
 
