@@ -113,6 +113,7 @@ def speed(tasks: int, density: float, source: Path | None) -> None:
             store = MaskStore.open(root / "raw.zarr")
             tasks = store.task_count
             what = f"{tasks} trained {store.header.mask_rule} masks ({source})"
+        raw_bytes = store.stored_bytes()
         raw_read, raw_rows = timed(lambda: MaskStore.open(store.path).read_packed())
         raw_verify, _ = timed(lambda: MaskStore.open(store.path).verify(), repeats=1)
         pack_site, _ = timed(lambda: MaskStore.open(store.path).pack("range-site"))
@@ -146,7 +147,7 @@ def speed(tasks: int, density: float, source: Path | None) -> None:
         bound = statistics.mean(t.bound for t in result.tasks)
         print(
             f"bits/weight {bits:.4f} vs H2 {bound:.4f}; bytes on disk "
-            f"{store.stored_bytes():,} raw -> {small.stored_bytes():,} packed, raw dropped"
+            f"{raw_bytes:,} raw -> {small.stored_bytes():,} packed, raw dropped"
         )
 
 
