@@ -34,14 +34,17 @@ def padding_is_zero(packed: np.ndarray, mask_bits: int) -> bool:
 # -- products of packed masks (k, ceil(D/8)) with vectors, one block of unpacked bits at a time --
 
 PRODUCT_BLOCK_BITS: Final = 1 << 22  # unpacked elements per block: 4 Mi bits -> 16 MiB as float32
+# On a GPU each block costs a few kernel launches: larger blocks (128 MiB as float32) keep the
+# launches few while the unpacked block stays far below the float stack of all masks.
+GPU_PRODUCT_BLOCK_BITS: Final = 1 << 25
 # Up to this many columns the kernel's one-pass products beat one unpack + BLAS matmul.
 KERNEL_MAX_COLUMNS: Final = 4
 
 
-def _block_plan(rows: int, nbytes: int) -> tuple[int, int]:
-    """Rows and bytes per block so that one unpacked float block stays near PRODUCT_BLOCK_BITS."""
-    block_bytes = max(1, min(nbytes, PRODUCT_BLOCK_BITS // 8))
-    block_rows = max(1, min(rows, PRODUCT_BLOCK_BITS // (8 * block_bytes)))
+def _block_plan(rows: int, nbytes: int, block_bits: int = PRODUCT_BLOCK_BITS) -> tuple[int, int]:
+    """Rows and bytes per block so that one unpacked float block stays near block_bits."""
+    block_bytes = max(1, min(nbytes, block_bits // 8))
+    block_rows = max(1, min(rows, block_bits // (8 * block_bytes)))
     return block_rows, block_bytes
 
 
@@ -114,11 +117,15 @@ def unpack_torch(packed: torch.Tensor, count: int) -> torch.Tensor:
     return bits.reshape(packed.shape[0], -1)[:, :count].float()
 
 
+def _torch_block_bits(packed: torch.Tensor) -> int:
+    return GPU_PRODUCT_BLOCK_BITS if packed.is_cuda else PRODUCT_BLOCK_BITS
+
+
 def packed_matmul_torch(packed: torch.Tensor, matrix: torch.Tensor, mask_bits: int) -> torch.Tensor:
     """packed_matmul on the tensors' device (the CUDA path): (k, B) x (D,) or (D, m)."""
     rows, nbytes = packed.shape
     out = torch.zeros((rows, *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
-    block_rows, block_bytes = _block_plan(rows, nbytes)
+    block_rows, block_bytes = _block_plan(rows, nbytes, _torch_block_bits(packed))
     for c0 in range(0, nbytes, block_bytes):
         c1 = min(nbytes, c0 + block_bytes)
         d0, d1 = 8 * c0, min(8 * c1, mask_bits)
@@ -134,7 +141,7 @@ def packed_rmatvec_torch(
     """packed_rmatvec on the tensors' device: Σ_i w_i M_i -> float32 (D,)."""
     rows, nbytes = packed.shape
     out = torch.zeros(mask_bits, dtype=torch.float32, device=weights.device)
-    block_rows, block_bytes = _block_plan(rows, nbytes)
+    block_rows, block_bytes = _block_plan(rows, nbytes, _torch_block_bits(packed))
     for c0 in range(0, nbytes, block_bytes):
         c1 = min(nbytes, c0 + block_bytes)
         d0, d1 = 8 * c0, min(8 * c1, mask_bits)
