@@ -52,6 +52,8 @@ SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 SLOT_ARRAYS: Final = {"mask_counts": "<u4", "score_sum": "<f4"}  # the header's `slots` digests
 MAX_ROWS: Final = MAX_TASKS + 2  # rows of a per-task array: every task, a replace's, a leftover
 VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during the check
+READ_SLAB_BYTES: Final = 1 << 23  # rows read per zarr call: bounds the transient chunk buffers
+
 # Reader rule R7: the only codecs that may decode store bytes (no filters, no sharding, no pickle).
 CODEC_CHAINS: Final = (("bytes",), ("bytes", "zstd"))
 MAX_RECORD_TEXT: Final = 1_000  # characters of a record's `data` and `created`
@@ -511,6 +513,8 @@ class MaskStore:
         self._group = group
         self.header = header
         self._arrays = _checked_arrays(group, header)
+        # Decoded records of one header (a commit makes a new header): read once, not per call.
+        self._records: tuple[StoreHeader, list[TaskRecord]] | None = None
 
     # -- opening and creating -------------------------------------------------------------
     @staticmethod
@@ -622,8 +626,10 @@ class MaskStore:
 
     def tasks(self) -> list[TaskRecord]:
         """All committed task records, in order."""
-        rows = self._read_rows("records", self._rows())
-        return [self._decode(row, i) for i, row in enumerate(rows)]
+        if self._records is None or self._records[0] is not self.header:
+            rows = self._read_rows("records", self._rows())
+            self._records = (self.header, [self._decode(row, i) for i, row in enumerate(rows)])
+        return list(self._records[1])
 
     def task(self, index: int) -> TaskRecord:
         self._check_index(index)
@@ -648,10 +654,14 @@ class MaskStore:
                 "`hopfield-encode --drop-masks`; only Hopfield recovery can use them"
             )
         rows = self._rows(indices)
-        records = self._read_rows("records", rows)  # only the wanted ones: O(n), not O(k)
+        if self._records is not None and self._records[0] is self.header:
+            records = [self._records[1][i] for i in indices]  # already read by tasks()
+        else:  # only the wanted ones: O(n), not O(k)
+            raw = self._read_rows("records", rows)
+            records = [self._decode(r, i) for r, i in zip(raw, indices, strict=True)]
         packed = self._mask_rows(rows)
         for row, record, index in zip(packed, records, indices, strict=True):
-            if mask_checksum(row) != self._decode(record, index).sha256:
+            if mask_checksum(row) != record.sha256:
                 raise StoreError(f"{self.path}: task {index}: mask bytes do not match their sha256")
         return packed
 
@@ -781,11 +791,20 @@ class MaskStore:
         return table if indices is None else table[np.asarray(indices, dtype=np.int64)]
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows of a per-row array, in the given order (one slice when they are 0..n-1)."""
+        """Rows of a per-row array, in the given order, read in slabs of about READ_SLAB_BYTES
+        into one output: zarr's per-chunk buffers never hold more than one slab at a time."""
         array = self._arrays[name]
-        if np.array_equal(rows, np.arange(rows.size)):
-            return array[: rows.size]
-        return array.get_orthogonal_selection((rows, slice(None)))
+        out = np.empty((rows.size, array.shape[1]), dtype=array.dtype)
+        step = max(1, READ_SLAB_BYTES // max(1, array.shape[1] * array.dtype.itemsize))
+        in_order = np.array_equal(rows, np.arange(rows.size))
+        for start in range(0, rows.size, step):
+            stop = min(rows.size, start + step)
+            out[start:stop] = (
+                array[start:stop]
+                if in_order
+                else array.get_orthogonal_selection((rows[start:stop], slice(None)))
+            )
+        return out
 
     def _mask_rows(self, rows: np.ndarray) -> np.ndarray:
         """Mask bytes (n, B) of the given rows: raw, or decoded from their blobs (pack.py) where
