@@ -36,9 +36,9 @@ from torch import nn
 from . import storage
 from .bits import pack_mask, unpack_mask
 from .data import TaskData, expand_specs, load_task
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, StoreChangedError, StoreError
 from .nets import NetConfig, build_net
-from .store import MaskStore, StoreHeader
+from .store import MaskStore, StoreHeader, mask_checksum
 from .supermask import ScoreMasks, bits_to_masks, split_flat
 from .taskid import alpha_gradient, get_objective
 from .train import (
@@ -60,6 +60,8 @@ MAX_EPSILON: Final = 4.0
 MAX_SEGMENTS: Final = 100_000
 STREAM_TAG: Final = 0x5354524D  # "STRM": keeps batch-order seeds apart from other streams
 ALLOCATE_METHOD: Final = "allocate"
+# Commits tried when other writers keep committing in between (each retry first takes their tasks).
+COMMIT_ATTEMPTS: Final = 20
 
 # What one check decided (the `decision` of an audit row).
 ALLOCATE: Final = "allocate"  # a new mask, because no known mask fits
@@ -276,6 +278,7 @@ class StreamOutcome:
     inverse_purity: float  # Σ_spec max_mask batches(mask, spec) / Σ batches: specs use one mask
     specs: tuple[SpecResult, ...]
     seconds: float
+    taken_in: tuple[int, ...] = ()  # tasks other writers appended during the run (known masks)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -323,6 +326,7 @@ class _Run:
     packed: np.ndarray  # (k, B) uint8: the current masks, stored ones updated as they train
     counts: np.ndarray  # (D,) int64: Σ of the current masks
     info: list[_MaskInfo]
+    stored_sha: list[str]  # sha256 of each task's mask as this run last saw it in the store
     on_decision: DecisionCallback | None
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # flat (D,) of touched masks
     stretch: _Stretch | None = None
@@ -334,6 +338,7 @@ class _Run:
     masks_before: int = 0
     created_store: bool = False
     checks: int = 0  # checks since the last commit
+    taken_in: list[int] = field(default_factory=list)  # tasks other writers appended meanwhile
 
     @property
     def known(self) -> int:
@@ -475,58 +480,126 @@ class _Run:
         stretch, self.checks = self.stretch, 0
         if stretch is None or (stretch.batches == 0 and not stretch.new):
             if self.pending and self.store is not None:
-                rows = [r.to_dict() for r in self.pending]
-                self.store.append_log(rows, expect=self._expect())
+                self._until_written(
+                    lambda: self.store.append_log(
+                        [r.to_dict() for r in self.pending], expect=self._expect()
+                    )
+                )
                 self.pending.clear()
             return
         self._refresh_active()
-        index, info, data = stretch.index, self.info[stretch.index], self.last_data
-        bits = unpack_mask(self.packed[index], self.net_config.mask_bits)
-        flat = stretch.masks.flat_scores()
+        data, flat = self.last_data, stretch.masks.flat_scores()
+        bits = unpack_mask(self.packed[stretch.index], self.net_config.mask_bits)
         masks = bits_to_masks(bits, self.net_config.mask_shapes, self.device)
         accuracy = evaluate(self.net, masks, data.test_x, data.test_y, data.classes, self.device)
-        info.train = {**info.train, "batches": info.train.get("batches", 0) + stretch.batches}
-        info.seconds += stretch.seconds
-        rows = [r.to_dict() for r in self.pending]
-        store = self._writable_store()
-        if stretch.new:
-            store.append_task(
-                bits,
-                flat,
-                data=info.data,
-                classes=info.classes,
-                accuracy=accuracy,
-                train=info.train,
-                created=_now(),
-                seconds=round(info.seconds, 3),
-                log=rows,
-                expect=self._expect(),
-            )
-        else:
-            store.replace_task(
-                index,
-                bits,
-                flat - stretch.start_scores,
-                accuracy=accuracy,
-                train=info.train,
-                seconds=round(info.seconds, 3),
-                log=rows,
-                expect=self._expect(),
-            )
+
+        def write() -> None:  # reads the index and rows afresh: a retry may have moved them
+            info = self.info[stretch.index]
+            train = {**info.train, "batches": info.train.get("batches", 0) + stretch.batches}
+            rows = [r.to_dict() for r in self.pending]
+            seconds = round(info.seconds + stretch.seconds, 3)
+            store = self._writable_store()
+            if stretch.new:
+                store.append_task(
+                    bits,
+                    flat,
+                    data=info.data,
+                    classes=info.classes,
+                    accuracy=accuracy,
+                    train=train,
+                    created=_now(),
+                    seconds=seconds,
+                    log=rows,
+                    expect=self._expect(),
+                )
+            else:
+                store.replace_task(
+                    stretch.index,
+                    bits,
+                    flat - stretch.start_scores,
+                    accuracy=accuracy,
+                    train=train,
+                    seconds=seconds,
+                    log=rows,
+                    expect=self._expect(),
+                )
+            info.train, info.seconds = train, info.seconds + stretch.seconds
+
+        self._until_written(write)
         self.pending.clear()
-        self.scores[index] = flat
+        self.scores[stretch.index] = flat
+        self.stored_sha[stretch.index : stretch.index + 1] = [mask_checksum(pack_mask(bits))]
         stretch.start_scores, stretch.new, stretch.batches, stretch.seconds = flat, False, 0, 0.0
+
+    def _until_written(self, write: Callable[[], None]) -> None:
+        """Run a write; when another writer committed first, take its tasks in and try again."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return write()
+            except StoreChangedError:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                self._rebase()
+
+    def _rebase(self) -> None:
+        """Another writer committed since this run last did. The tasks it appended become known
+        masks (as if loaded at the start: the next decisions weigh them) and this run's unwritten
+        new mask moves after them. A change to a task this run already knew is refused."""
+        fresh = MaskStore.open(self.path, writable=True)
+        fresh.check_compatible(
+            self.net_config.arch,
+            self.net_config.outputs,
+            self.net_config.seed,
+            self.rule,
+            self.density,
+        )
+        records, known = fresh.tasks(), len(self.stored_sha)
+        if len(records) < known or any(
+            r.sha256 != sha for r, sha in zip(records, self.stored_sha, strict=False)
+        ):
+            raise StoreError(
+                f"{self.path}: another writer changed masks this run was training "
+                "meanwhile; nothing more was written (run allocate again)"
+            )
+        self.store = fresh
+        appended = list(range(known, len(records)))
+        if not appended:
+            return
+        extra = fresh.read_packed(appended)
+        moving = self.stretch if self.stretch is not None and self.stretch.new else None
+        self.packed = np.concatenate([self.packed[:known], extra, self.packed[known:]])
+        self.counts += unpack_mask(extra, self.net_config.mask_bits).sum(0, dtype=np.int64)
+        self.info[known:known] = [
+            _MaskInfo(r.data, tuple(r.classes), dict(r.train), r.seconds or 0.0)
+            for r in records[known:]
+        ]
+        self.stored_sha += [r.sha256 for r in records[known:]]
+        self.taken_in += appended
+        self.placeholders.clear()  # they pad the candidates from `known` on: recomputed lazily
+        if moving is not None:
+            self._move_mask(moving, moving.index + len(appended))
+
+    def _move_mask(self, stretch: _Stretch, index: int) -> None:
+        """Renumber this run's unwritten mask everywhere the run refers to it."""
+        old = stretch.index
+        stretch.index = index
+        if old in self.scores:
+            self.scores[index] = self.scores.pop(old)
+        self.trained = Counter(
+            {(spec, index if mask == old else mask): n for (spec, mask), n in self.trained.items()}
+        )
+        self.pending = [replace(r, mask=index) if r.mask == old else r for r in self.pending]
+        self.decisions = [replace(r, mask=index) if r.mask == old else r for r in self.decisions]
 
     def _writable_store(self) -> MaskStore:
         if self.store is None:
             store, created = MaskStore.open_or_create(
                 self.path, self.net_config, self.rule, self.density
             )
-            if store.task_count:
-                raise StoreError(
-                    f"{self.path}: another writer made this store during the run; run again"
-                )
             self.store, self.created_store = store, created
+            if store.task_count:  # made by another writer meanwhile, who also added tasks
+                self.created_store = False
+                raise StoreChangedError(f"{self.path}: another writer made this store meanwhile")
         return self.store
 
     def _expect(self) -> StoreHeader | None:
@@ -557,6 +630,7 @@ def _open_run(
         info = [
             _MaskInfo(r.data, tuple(r.classes), dict(r.train), r.seconds or 0.0) for r in records
         ]
+        stored_sha = [r.sha256 for r in records]
     else:
         if storage.is_file(storage.normalise(path)):
             raise StoreError(f"{path}: exists and is not a directory")
@@ -565,7 +639,7 @@ def _open_run(
         _check_net(net_config)
         packed = np.zeros((0, (net_config.mask_bits + 7) // 8), dtype=np.uint8)
         counts = np.zeros(net_config.mask_bits, dtype=np.int64)
-        info = []
+        info, stored_sha = [], []
     return _Run(
         path=path,
         config=config,
@@ -578,6 +652,7 @@ def _open_run(
         packed=packed,
         counts=counts,
         info=info,
+        stored_sha=stored_sha,
         on_decision=on_decision,
         masks_before=packed.shape[0],
     )
@@ -673,4 +748,5 @@ def _outcome(
         inverse_purity=inverse,
         specs=tuple(results),
         seconds=seconds,
+        taken_in=tuple(run.taken_in),
     )

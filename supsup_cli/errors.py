@@ -13,6 +13,10 @@ class StoreMismatchError(StoreError):
     """An option or a data set contradicts what the existing store was made with."""
 
 
+class StoreChangedError(StoreError):
+    """Another writer committed after this one last read the store; nothing was written."""
+
+
 class DataSpecError(SupsupError):
     """A data spec (`permuted:17`, `split:2`, ...) or a data source is invalid."""
 

@@ -28,7 +28,7 @@ import zarr
 
 from . import pack, storage
 from .bits import pack_mask, packed_bytes, padding_is_zero, unpack_mask
-from .errors import ConfigError, StoreError, StoreMismatchError, SupsupError
+from .errors import ConfigError, StoreChangedError, StoreError, StoreMismatchError, SupsupError
 from .nets import NetConfig
 from .supermask import MASK_RULES, check_rule
 from .weights import GENERATOR_NAME
@@ -1291,7 +1291,7 @@ class MaskStore:
 
     def _check_expected(self, expect: StoreHeader | None) -> None:
         if expect is not None and self.header != expect:
-            raise StoreError(
+            raise StoreChangedError(
                 f"{self.path}: another writer changed the store meanwhile; nothing was written"
             )
 

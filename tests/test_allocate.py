@@ -30,10 +30,10 @@ from supsup_cli.allocate import (
     parse_stream,
     resumed_scores,
 )
-from supsup_cli.errors import ConfigError, DataSpecError, StoreMismatchError
+from supsup_cli.errors import ConfigError, DataSpecError, StoreError, StoreMismatchError
 from supsup_cli.store import MaskStore
 from supsup_cli.supermask import ScoreMasks, kaiming_uniform_scores
-from supsup_cli.train import CreationOptions
+from supsup_cli.train import CreationOptions, TrainConfig, train_task
 
 EPS = 0.125
 
@@ -357,3 +357,63 @@ def test_bad_spec_writes_nothing(tmp_path):
 def test_networks_with_per_task_statistics_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="per-task statistics"):
         allocate_stream(tmp_path / "s.zarr", "split:0", QUICK, CreationOptions(arch="bn-2048-2048"))
+
+
+def test_another_writer_appending_mid_run_moves_the_new_mask_after_its_task(tmp_path):
+    """Another writer makes the store and appends a task before allocate's first commit: the
+    run takes that task in as a known mask and appends its own mask after it; nothing is lost and
+    the log names the masks by their final indices."""
+    path = tmp_path / "s.zarr"
+    creation = CreationOptions(outputs=100, mask_rule="sign")
+    appended = []
+
+    def other_writer(row: AuditRow) -> None:
+        if not appended:  # right after the first decision, before anything is written
+            appended.append(train_task(path, "permuted:5", creation, TrainConfig(batches=5)))
+
+    outcome = allocate_stream(path, "permuted:1", QUICK, on_decision=other_writer)
+    store = MaskStore.open(path)
+    records = store.tasks()
+    assert records[0].sha256 == appended[0].record.sha256 and records[0].data == "permuted:5"
+    assert not outcome.created_store and outcome.allocated[0] == 1 and outcome.taken_in == (0,)
+    assert store.task_count == 1 + len(outcome.allocated) == outcome.masks_after
+    assert all(records[mask].data == "permuted:1" for mask in outcome.allocated)
+    assert read_log(path) == list(outcome.decisions)  # the log names the final indices
+    assert store.verify() == []
+
+
+def test_another_writer_appending_while_a_known_mask_trains(tmp_path, permuted_store):
+    """A replace (training a known mask further) after another writer appended: both land."""
+    path = Path(shutil.copytree(permuted_store, tmp_path / "s.zarr"))
+    before = MaskStore.open(path).read_packed()
+    config = AllocateConfig(batches_per_segment=40, check_every=20, batch_size=64)
+    fired = []
+
+    def other_writer(row: AuditRow) -> None:
+        if not fired:
+            fired.append(train_task(path, "permuted:7", CreationOptions(), TrainConfig(batches=5)))
+
+    outcome = allocate_stream(path, "permuted:2", config, on_decision=other_writer)
+    store = MaskStore.open(path)
+    assert outcome.decisions[0].decision == REUSE and outcome.decisions[0].mask == 1
+    assert [r.data for r in store.tasks()][:4] == ["permuted:1", "permuted:2", "permuted:3",
+                                                    "permuted:7"]  # fmt: skip
+    assert store.task(1).revision >= 1 and store.task(1).train["batches"] == 250 + 40
+    assert np.array_equal(store.read_packed([0, 2]), before[[0, 2]])
+    assert store.task(3).sha256 == fired[0].record.sha256
+    assert store.verify() == []
+
+
+def test_another_writer_replacing_a_known_mask_is_refused(tmp_path, permuted_store):
+    """A mask this run knows changed under it (another allocate trained it): one clear error."""
+    path = Path(shutil.copytree(permuted_store, tmp_path / "s.zarr"))
+    config = AllocateConfig(batches_per_segment=40, check_every=20, batch_size=64)
+    fired = []
+
+    def other_writer(row: AuditRow) -> None:
+        if not fired:
+            fired.append(allocate_stream(path, "permuted:1", config))
+
+    with pytest.raises(StoreError, match="another writer changed masks this run"):
+        allocate_stream(path, "permuted:2", config, on_decision=other_writer)
+    assert MaskStore.open(path).verify() == []

@@ -212,7 +212,13 @@ def _summary(outcome: StreamOutcome) -> None:
     out.print(
         f"[bold]{escape(outcome.store)}[/]: {len(outcome.segments)} segments, "
         f"{outcome.batches_trained:,} batches in {outcome.seconds:.1f} s; masks "
-        f"{outcome.masks_before} -> {outcome.masks_after} ({new} allocated)"
+        f"{outcome.masks_before} -> {outcome.masks_after} ({new} allocated"
+        + (
+            f", {len(outcome.taken_in)} appended by other writers meanwhile"
+            if outcome.taken_in
+            else ""
+        )
+        + ")"
     )
     out.print(
         f"purity {outcome.purity:.2%} (batches on a mask from that mask's main data spec), "
