@@ -179,3 +179,30 @@ def curve_table(runs: Sequence[Run], reports: dict[str, dict[str, Any]]) -> str:
             cells.append(f"{point[0]['accuracy']:.2%}" if point else "")
         lines.append(f"| {count} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_benchmark(
+    args: Any, store: Path, specs: Sequence[str], creation: CreationOptions, runs: Sequence[Run],
+    title: str,
+) -> None:  # fmt: skip
+    """The stages of a paper benchmark: train the specs (resumable), then evaluate the runs
+    (`args.runs` picks some), print the tables and keep them in out/summary.json."""
+    if args.stage in ("train", "all"):
+        seconds = train_sequence(
+            store, specs, creation, TrainConfig(batches=args.batches), args.data_root
+        )
+        log(f"trained up to {len(specs)} tasks in {seconds:.0f} s")
+    if args.stage == "train":
+        return
+    if args.runs is not None:  # e.g. the slow single-image runs in a second process
+        runs = [run for run in runs if run.name in args.runs.split(",")]
+    reports = run_evaluations(store, runs, args.out, args.data_root)
+    tables = (
+        f"{title}; {EMBEDDED_NOTE}.\n\n{results_table(runs, reports)}\n\n"
+        f"Accuracy vs tasks learned:\n\n{curve_table(runs, reports)}\n"
+    )
+    print(tables)
+    write_json(
+        args.out / "summary.json",
+        {"meta": run_metadata(sys.argv), "data": EMBEDDED_NOTE, "tables": tables},
+    )

@@ -16,20 +16,10 @@ import sys
 from pathlib import Path
 
 import torch
-from common import (
-    EMBEDDED_NOTE,
-    Run,
-    curve_table,
-    log,
-    results_table,
-    run_evaluations,
-    run_metadata,
-    train_sequence,
-    write_json,
-)
+from common import Run, run_benchmark
 
 from supsup_cli.evaluation import EvalSettings, parse_counts
-from supsup_cli.train import CreationOptions, TrainConfig
+from supsup_cli.train import CreationOptions
 
 HERE = Path(__file__).resolve().parent
 PAPER_FULL_BATCH = "near the upper bound (paper fig. 8, batch 128; no number in our notes)"
@@ -90,27 +80,14 @@ def main(argv: list[str]) -> None:
     store = args.out / "store.zarr"
     specs = [f"rotated:{args.step * i}" for i in range(args.tasks)]
     creation = CreationOptions(arch="fc-1024-1024", outputs=args.outputs, mask_rule="sign")
-    if args.stage in ("train", "all"):
-        seconds = train_sequence(
-            store, specs, creation, TrainConfig(batches=args.batches), args.data_root
-        )
-        log(f"trained up to {args.tasks} tasks in {seconds:.0f} s")
-    if args.stage == "train":
-        return
-    chosen = runs(args)
-    if args.runs is not None:  # e.g. the slow single-image runs in a second process
-        chosen = [run for run in chosen if run.name in args.runs.split(",")]
-    reports = run_evaluations(store, chosen, args.out, args.data_root)
-    tables = (
+    run_benchmark(
+        args,
+        store,
+        specs,
+        creation,
+        runs(args),
         f"RotatedMNIST, fc-1024-1024, {args.outputs} outputs, sign rule, {args.tasks} tasks of "
-        f"{args.step} degrees, {args.batches} batches of 128 per task; {EMBEDDED_NOTE}.\n\n"
-        f"{results_table(chosen, reports)}\n\nAccuracy vs tasks learned:\n\n"
-        f"{curve_table(chosen, reports)}\n"
-    )
-    print(tables)
-    write_json(
-        args.out / "summary.json",
-        {"meta": run_metadata(sys.argv), "data": EMBEDDED_NOTE, "tables": tables},
+        f"{args.step} degrees, {args.batches} batches of 128 per task",
     )
 
 

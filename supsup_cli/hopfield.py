@@ -31,6 +31,10 @@ DEFAULT_GAMMA: Final = 1.5e-3
 DEFAULT_LR: Final = 500.0
 DEFAULT_MOMENTUM: Final = 0.9
 DEFAULT_BATCH_SIZE: Final = 128
+# Random starts whose minima of E become candidate masks (0: the descent's mask alone).
+DEFAULT_STARTS: Final = 64
+MAX_STARTS: Final = 4096
+SYNC_SWEEPS: Final = 20  # whole-pattern sign updates that bring a random start near a minimum
 MAX_STEPS: Final = 100_000
 MIN_BATCH_SIZE: Final = 2  # batch statistics need two images
 
@@ -76,6 +80,30 @@ def settle(psi: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
         field -= 2 * z[best] * psi[best]  # Psi is symmetric: its row is the column
         z[best] = -z[best]
     return z
+
+
+def attractors(psi: torch.Tensor, starts: int, keep: int, seed: int = 0) -> torch.Tensor:
+    """The `keep` lowest-energy distinct minima of E reached from `starts` random +-1 patterns,
+    (c, d) bool, lowest first.
+
+    A stored pattern and its negation are minima of equal energy, far below the spurious mixture
+    minima that random starts also reach (benchmarks/RESULTS.md measures the gap), so keeping
+    twice the number of stored patterns keeps the stored ones that were reached. This reads Psi
+    only: it works after --drop-masks.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randint(0, 2, (starts, psi.shape[0]), generator=generator).to(psi) * 2 - 1
+    for _ in range(SYNC_SWEEPS):
+        z = torch.where(z @ psi >= 0, 1.0, -1.0).to(psi)  # Psi is symmetric
+    found: dict[bytes, tuple[float, torch.Tensor]] = {}
+    for row in z:
+        minimum = settle(psi, row)
+        bits = (minimum > 0).cpu().numpy()
+        found.setdefault(pack_mask(bits).tobytes(), (energy(psi, minimum).item(), minimum > 0))
+    ranked = sorted(found.values(), key=lambda item: item[0])[:keep]
+    if not ranked:
+        return torch.zeros((0, psi.shape[0]), dtype=torch.bool, device=psi.device)
+    return torch.stack([mask for _, mask in ranked])
 
 
 def check_encodable(mask_bits: int, arch: str) -> None:
@@ -173,6 +201,7 @@ class RecoveryConfig:
     lr: float = DEFAULT_LR
     momentum: float = DEFAULT_MOMENTUM
     settle: bool = True
+    starts: int = DEFAULT_STARTS  # random starts for candidate minima of E (0: descent only)
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -183,6 +212,8 @@ class RecoveryConfig:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.starts <= MAX_STARTS:
+            raise ConfigError(f"starts must be in [0, {MAX_STARTS}], got {self.starts}")
 
 
 def recover_mask(
@@ -240,10 +271,14 @@ class HopfieldMemory:
     stats: dict[int, torch.Tensor]
     fingerprints: dict[str, int]  # sha256 of a packed mask -> task
     patterns: dict[int, np.ndarray]  # task -> mask bits (d,) bool, for kept masks only
+    candidates: torch.Tensor | None = None  # (c, d) bool: low minima of E found from Psi alone
 
 
-def load_memory(store: MaskStore, device: torch.device | str = "cpu") -> HopfieldMemory:
-    """Read Psi and what recovery needs; works as well after --drop-masks."""
+def load_memory(
+    store: MaskStore, device: torch.device | str = "cpu", starts: int = 0
+) -> HopfieldMemory:
+    """Read Psi and what recovery needs; works as well after --drop-masks. With `starts`, also
+    the candidate masks: the low minima of E reached from that many random patterns."""
     if store.header.hopfield is None:
         raise ConfigError(f"{store.path}: no task is Hopfield-encoded (run hopfield-encode first)")
     state = store.header.hopfield
@@ -255,10 +290,11 @@ def load_memory(store: MaskStore, device: torch.device | str = "cpu") -> Hopfiel
     stats = (
         {t: store.read_task_stats(t) for t in state.tasks} if isinstance(net, PerTaskStats) else {}
     )
+    psi_t = torch.from_numpy(psi).to(device)
     return HopfieldMemory(
         net=net,
         shapes=tuple(store.net.mask_shapes),
-        psi=torch.from_numpy(psi).to(device),
+        psi=psi_t,
         start=torch.from_numpy(pattern_sum.astype(np.float32) / len(state.tasks)).to(device),
         tasks=state.tasks,
         classes={t: records[t].classes for t in state.tasks},
@@ -266,6 +302,7 @@ def load_memory(store: MaskStore, device: torch.device | str = "cpu") -> Hopfiel
         stats=stats,
         fingerprints={records[t].sha256: t for t in state.tasks},
         patterns=patterns,
+        candidates=attractors(psi_t, starts, 2 * len(state.tasks)) if starts else None,
     )
 
 
@@ -275,6 +312,7 @@ class BatchRecovery:
 
     first: int  # index of the batch's first input row
     mask_bits: np.ndarray  # (d,) bool
+    chosen_from: str  # "descent", or "minimum" (a minimum of E from a random start had lower H)
     matched: int | None  # the encoded task whose mask the recovered one equals bit for bit
     distances: dict[int, int]  # Hamming distance to each encoded task whose mask is kept
     energy: float  # E of the recovered +-1 pattern
@@ -305,6 +343,30 @@ def classify(
     return allowed[logits[:, allowed].argmax(dim=1)].cpu()
 
 
+@torch.no_grad()
+def batch_entropy(memory: HopfieldMemory, x: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean output entropy H of the batch under a mask, with the batch's own statistics (the
+    task is unknown), as in the descent."""
+    net = memory.net
+    batch_stats = net.batch_statistics() if isinstance(net, PerTaskStats) else None
+    with batch_stats or contextlib.nullcontext():
+        log_p = net(x, split_flat(mask.float(), memory.shapes)).log_softmax(dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean().item()
+
+
+def lowest_entropy_mask(
+    memory: HopfieldMemory, x: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, str]:
+    """The descent's mask, or the memory's candidate minimum of E under which the batch's
+    entropy is lower (the lowest); with where it came from: "descent" or "minimum"."""
+    if memory.candidates is None or not len(memory.candidates):
+        return mask, "descent"
+    values = [batch_entropy(memory, x, m) for m in (mask, *memory.candidates)]
+    if min(values[1:]) < values[0]:
+        return memory.candidates[int(np.argmin(values[1:]))], "minimum"
+    return mask, "descent"
+
+
 def recover_batch(
     memory: HopfieldMemory,
     x: torch.Tensor,
@@ -312,9 +374,14 @@ def recover_batch(
     config: RecoveryConfig = RecoveryConfig(),
     on_step: StepCallback | None = None,
 ) -> BatchRecovery:
-    """Recover a mask for one batch, name the task it equals, and classify the batch."""
+    """Recover a mask for one batch, name the task it equals, and classify the batch.
+
+    The descent's settled mask competes with the memory's candidate minima of E (if loaded):
+    the mask under which the batch's entropy H is lowest wins.
+    """
     x = x.to(memory.psi.device)
     mask = recover_mask(memory.net, memory.psi, memory.start, x, memory.shapes, config, on_step)
+    mask, chosen_from = lowest_entropy_mask(memory, x, mask)
     bits = mask.cpu().numpy()
     matched = memory.fingerprints.get(mask_checksum(pack_mask(bits)))
     distances = {t: int(np.count_nonzero(p != bits)) for t, p in memory.patterns.items()}
@@ -322,6 +389,7 @@ def recover_batch(
     return BatchRecovery(
         first=first,
         mask_bits=bits,
+        chosen_from=chosen_from,
         matched=matched,
         distances=distances,
         energy=energy(memory.psi, pattern).item(),
@@ -353,7 +421,7 @@ def recover_batches(
     """Hopfield task inference on x (n, 784): one recovered mask per batch of `batch_size` rows
     (a last batch shorter than two rows joins the one before). `progress(rows_done)`."""
     bounds = batch_bounds(len(x), batch_size)
-    memory = load_memory(MaskStore.open(store_path), device)
+    memory = load_memory(MaskStore.open(store_path), device, config.starts)
     results = []
     for first, end in bounds:
         results.append(recover_batch(memory, x[first:end], first, config))
@@ -395,7 +463,7 @@ def recover_specs(
 ) -> list[SpecRecovery]:
     """Recover a mask per test batch of each spec and score it against the task trained there.
     `progress(batches_done, batches_total)`."""
-    memory = load_memory(MaskStore.open(store_path), device)
+    memory = load_memory(MaskStore.open(store_path), device, config.starts)
     tasks = [load_task(spec, data_root) for spec in specs]
     plans = [batch_bounds(len(t.test_y), batch_size) for t in tasks]
     total, done, results = sum(len(p) for p in plans), 0, []

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -22,6 +23,8 @@ from supsup_cli.data import load_task
 from supsup_cli.errors import ConfigError, StoreError
 from supsup_cli.hopfield import (
     RecoveryConfig,
+    attractors,
+    batch_entropy,
     encode_tasks,
     energy,
     hopfield_summary,
@@ -112,6 +115,19 @@ def test_settle_falls_to_the_stored_pattern() -> None:
     noisy[:8] = -noisy[:8]
     assert torch.equal(settle(psi, noisy), patterns[2])
     assert torch.equal(settle(psi, patterns[0]), patterns[0]), "a minimum stays put"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lowest_minima_from_random_starts_are_the_stored_patterns_and_negations(seed: int) -> None:
+    """From Psi alone: random starts settle into minima; the 2n lowest are +-the n patterns."""
+    patterns = random_patterns(3, 256, seed)
+    psi = encode_all(patterns)
+    found = attractors(psi, starts=128, keep=6, seed=seed)
+    wanted = {tuple((sign * x > 0).tolist()) for x in patterns for sign in (1, -1)}
+    assert {tuple(m.tolist()) for m in found} == wanted
+    energies = [energy(psi, m.float() * 2 - 1).item() for m in found]
+    assert energies == sorted(energies)
+    assert attractors(psi, starts=128, keep=2, seed=seed).shape == (2, 256)
 
 
 def test_psi_stays_exactly_symmetric() -> None:
@@ -287,11 +303,33 @@ def test_recovery_snaps_onto_the_nearest_stored_pattern(tmp_path: Path) -> None:
     assert set(found.predictions.tolist()) <= {2, 3}, "a matched task classifies over its classes"
 
 
+def test_the_mask_with_the_lowest_entropy_wins(tmp_path: Path) -> None:
+    """Candidates (minima of E) compete with the descent's mask: the lowest H on the batch wins,
+    and the answer says where it came from."""
+    path = tiny_store(tmp_path / "s.zarr", tasks=3, seed=2)
+    encode_tasks(path)
+    memory = load_memory(MaskStore.open(path), starts=64)
+    assert memory.candidates is not None and 1 <= len(memory.candidates) <= 6
+    stored = {tuple(p.tolist()) for p in memory.patterns.values()}
+    assert stored <= {tuple(c.tolist()) for c in memory.candidates}, "Psi alone gives them back"
+    x = load_task("split:1").test_x[:32]
+    config = RecoveryConfig(steps=2, gamma=0.0, settle=False)
+    descent_only = recover_batch(replace(memory, candidates=None), x, config=config)
+    found = recover_batch(memory, x, config=config)
+    options = [torch.from_numpy(descent_only.mask_bits), *memory.candidates]
+    values = [batch_entropy(memory, x, m) for m in options]
+    assert found.mask_bits.tolist() == options[int(np.argmin(values))].tolist()
+    assert found.chosen_from == ("descent" if int(np.argmin(values)) == 0 else "minimum")
+    assert descent_only.chosen_from == "descent"
+
+
 def test_recovery_config_and_batches_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         RecoveryConfig(steps=0)
     with pytest.raises(ConfigError):
         RecoveryConfig(gamma=-1.0)
+    with pytest.raises(ConfigError):
+        RecoveryConfig(starts=-1)
     path = tiny_store(tmp_path / "s.zarr")
     with pytest.raises(ConfigError, match="hopfield-encode"):
         recover_batches(path, torch.zeros(4, 784))

@@ -13,6 +13,7 @@ import typer
 from ..data import expand_specs
 from ..errors import ConfigError
 from ..hopfield import (
+    MAX_STARTS,
     BatchRecovery,
     RecoveryConfig,
     SpecRecovery,
@@ -35,6 +36,17 @@ StepsOpt = Annotated[
 GammaOpt = Annotated[
     float,
     typer.Option("--gamma", help="Hopfield recovery: weight of the energy term.", min=0.0),
+]
+StartsOpt = Annotated[
+    int,
+    typer.Option(
+        "--starts",
+        help="Hopfield recovery: random starts whose lowest minima of E (the stored patterns, "
+        "found from the energy matrix alone) compete with the descent's mask; the mask with "
+        "the lowest entropy on the batch wins. 0: the descent's mask only (the paper's rule).",
+        min=0,
+        max=MAX_STARTS,
+    ),
 ]
 TASK_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 
@@ -127,6 +139,7 @@ def run_infer(
     batch: int,
     steps: int,
     gamma: float,
+    starts: int,
     skip_bad: bool,
     data_root: Path | None,
     device: Any,
@@ -134,7 +147,7 @@ def run_infer(
     json_out: bool,
 ) -> None:
     """`supsup infer --method hopfield`: images -> JSON lines; --data -> scores per spec."""
-    config = RecoveryConfig(steps=steps, gamma=gamma)
+    config = RecoveryConfig(steps=steps, gamma=gamma, starts=starts)
     if data is not None:
         specs = expand_specs(data)
         with progress_bar("recovering masks (%)", 100, quiet) as advance:
@@ -176,8 +189,11 @@ def _describe(result: BatchRecovery) -> str:
     nearest = min(distances, key=distances.get) if distances else None
     if result.matched is not None:
         others = [d for t, d in distances.items() if t != result.matched]
-        return f"recovered the mask of task {result.matched}" + (
-            f" (Hamming to the others {min(others):,}..{max(others):,})" if others else ""
+        source = "; a minimum of E had lower H than the descent's mask"
+        return (
+            f"recovered the mask of task {result.matched}"
+            + (f" (Hamming to the others {min(others):,}..{max(others):,})" if others else "")
+            + (source if result.chosen_from == "minimum" else "")
         )
     if nearest is None:
         return "recovered mask equals no stored mask (masks dropped: distances unknown)"
@@ -198,6 +214,7 @@ def _render_specs(
         "method": HOPFIELD_METHOD,
         "steps": config.steps,
         "gamma": config.gamma,
+        "starts": config.starts,
         "task_accuracy": matched / len(batches) if batches else None,
         "class_accuracy": sum(sum(r.correct) for r in results) / images,
         "images": images,
@@ -214,6 +231,7 @@ def _render_specs(
                         "images": size,
                         "correct": correct,
                         "matched": b.matched,
+                        "chosen_from": b.chosen_from,
                         "hamming": {str(t): d for t, d in b.distances.items()},
                         "energy": b.energy,
                     }

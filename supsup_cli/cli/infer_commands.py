@@ -10,7 +10,7 @@ import typer
 
 from ..data import expand_specs
 from ..errors import ConfigError
-from ..hopfield import DEFAULT_GAMMA, DEFAULT_STEPS
+from ..hopfield import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS
 from ..inputs import read_inputs
 from ..store import MaskStore
 from ..taskid import (
@@ -34,7 +34,7 @@ from .app import (
     resolve_device,
     say,
 )
-from .hopfield_commands import HOPFIELD_HELP, HOPFIELD_METHOD, GammaOpt, StepsOpt
+from .hopfield_commands import HOPFIELD_HELP, HOPFIELD_METHOD, GammaOpt, StartsOpt, StepsOpt
 from .hopfield_commands import run_infer as run_hopfield_infer
 
 
@@ -91,6 +91,7 @@ def infer(
     ] = 0,
     steps: StepsOpt = DEFAULT_STEPS,
     gamma: GammaOpt = DEFAULT_GAMMA,
+    starts: StartsOpt = DEFAULT_STARTS,
     skip_bad: Annotated[
         bool,
         typer.Option("--skip-bad", help="Report unreadable files on stderr and go on."),
@@ -118,6 +119,7 @@ def infer(
             batch=batch,
             steps=steps,
             gamma=gamma,
+            starts=starts,
             skip_bad=skip_bad,
             data_root=data_root,
             device=resolve_device(device),
