@@ -5,7 +5,7 @@ batches of 128. Stage `train` learns rotated:0..350:10 into a store (resumable);
 writes one `supsup eval --json` report per run (GG; GNu one-shot and binary on batches of 128,
 as the paper's "full batch"; one-shot on single images), re-evaluated at growing task counts.
 
-    python benchmarks/rotated_mnist.py --batches 300           # the run in RESULTS.md
+    python benchmarks/rotated_mnist.py --out benchmarks/out/rotated1000   # RESULTS.md
     python benchmarks/rotated_mnist.py --quick --out DIR       # seconds; run by the tests
 """
 
