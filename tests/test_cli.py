@@ -190,3 +190,28 @@ def test_help_explains_every_option() -> None:
         "--json",
     ):
         assert option in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["infer", "s.zarr", "--method", "hopfield", "--data", "split:0", "--steps", "0"],
+         "error: Invalid value for '--steps': Input should be greater than or equal to 1 "
+         "(see supsup infer --help)"),
+        (["train-task"], "error: Missing argument 'store'. (see supsup train-task --help)"),
+        (["bogus"], "error: No such command 'bogus'. (see supsup --help)"),
+        (["info", "s.zarr", "--nope"], "error: No such option: --nope (see supsup info --help)"),
+    ],
+)  # fmt: skip
+def test_a_bad_command_line_is_one_line_and_exit_2(argv: list[str], message: str) -> None:
+    """The installed entry point (not the test runner's standalone mode): the parser's own
+    errors look like every other error."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "supsup_cli", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().replace("python -m supsup_cli", "supsup") == message
+    assert done.stdout == ""
