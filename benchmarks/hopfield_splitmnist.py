@@ -37,7 +37,8 @@ from supsup_cli.hopfield import (
     recover_mask,
     settle,
 )
-from supsup_cli.store import MaskStore, mask_checksum
+from supsup_cli.store import MaskStore
+from supsup_cli.store_header import mask_checksum
 from supsup_cli.supermask import split_flat
 from supsup_cli.train import CreationOptions, TrainConfig, predict, train_task
 

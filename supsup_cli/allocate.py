@@ -38,7 +38,8 @@ from .bits import pack_mask, unpack_mask
 from .data import TaskData, expand_specs, load_task
 from .errors import ConfigError, StoreChangedError, StoreError
 from .nets import NetConfig, build_net
-from .store import MaskStore, StoreHeader, mask_checksum
+from .store import MaskStore
+from .store_header import StoreHeader, mask_checksum
 from .supermask import ScoreMasks, bits_to_masks, split_flat
 from .taskid import alpha_gradient, get_objective
 from .train import (

@@ -27,7 +27,8 @@ from .bits import unpack_mask
 from .data import image_source, load_task
 from .errors import ConfigError
 from .nets import PerTaskStats
-from .store import FORMAT_VERSION, MaskStore, TaskRecord
+from .store import MaskStore
+from .store_header import FORMAT_VERSION, TaskRecord
 from .taskid import MaskBank, get_method, get_objective, infer_task
 from .train import check_classes, evaluate
 

@@ -23,7 +23,8 @@ from .bits import pack_mask, unpack_mask
 from .data import load_task
 from .errors import ConfigError, InputError
 from .nets import PerTaskStats, build_net
-from .store import MAX_HOPFIELD_BITS, MaskStore, mask_checksum
+from .store import MaskStore
+from .store_header import MAX_HOPFIELD_BITS, mask_checksum
 from .supermask import scores_to_mask, split_flat
 
 DEFAULT_STEPS: Final = 30

@@ -18,7 +18,8 @@ import torch
 from .bits import unpack_mask
 from .errors import ConfigError
 from .nets import MaskedMLP, build_net
-from .store import MaskStore, TaskRecord
+from .store import MaskStore
+from .store_header import TaskRecord
 from .supermask import split_flat
 
 MERGE_RULES: Final = ("and", "or", "majority")

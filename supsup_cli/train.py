@@ -17,7 +17,8 @@ from torch import nn
 from .data import TaskData, load_task
 from .errors import ConfigError, StoreMismatchError
 from .nets import NetConfig, PerTaskStats, build_net
-from .store import MaskStore, TaskRecord
+from .store import MaskStore
+from .store_header import TaskRecord
 from .supermask import ScoreMasks, bits_to_masks, check_rule, kaiming_uniform_scores, split_flat
 
 DEFAULT_ARCH: Final = "lenet-300-100"

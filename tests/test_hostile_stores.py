@@ -30,7 +30,8 @@ from typer.testing import CliRunner
 from supsup_cli import storage
 from supsup_cli.cli import app
 from supsup_cli.errors import StoreError
-from supsup_cli.store import ATTRIBUTE_KEY, MaskStore, StoreHeader, TaskRecord
+from supsup_cli.store import ATTRIBUTE_KEY, MaskStore
+from supsup_cli.store_header import StoreHeader, TaskRecord
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supsup_cli import store as store_module
+from supsup_cli import store_header
 from supsup_cli.bits import pack_mask
 from supsup_cli.errors import ConfigError, StoreError
 from supsup_cli.nets import NetConfig
@@ -299,7 +299,7 @@ def test_readers_without_the_codec_or_the_version_refuse(
 ) -> None:
     make_store(tmp_path / "s.zarr").pack(out=tmp_path / "small.zarr", drop_raw=True)
     path = tmp_path / "small.zarr"
-    monkeypatch.setattr(store_module, "FORMAT_VERSION", 2)  # a reader of versions 1-2 only
+    monkeypatch.setattr(store_header, "FORMAT_VERSION", 2)  # a reader of versions 1-2 only
     with pytest.raises(StoreError, match="newer than this supsup reads"):
         MaskStore.open(path)
     monkeypatch.undo()

@@ -16,7 +16,8 @@ import zarr
 from supsup_cli.bits import pack_mask, unpack_mask
 from supsup_cli.errors import ConfigError, StoreError, StoreMismatchError
 from supsup_cli.nets import NetConfig
-from supsup_cli.store import ATTRIBUTE_KEY, CREATING_KEY, MaskStore, mask_checksum
+from supsup_cli.store import ATTRIBUTE_KEY, CREATING_KEY, MaskStore
+from supsup_cli.store_header import mask_checksum
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[1] / "formats" / "supsup-store-v1.schema.json").read_text()
