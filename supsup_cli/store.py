@@ -26,7 +26,7 @@ import torch
 import zarr
 
 from . import pack, storage
-from .bits import pack_mask, padding_is_zero, unpack_mask
+from .bits import pack_mask, packed_bytes, padding_is_zero, unpack_mask
 from .errors import ConfigError, StoreChangedError, StoreError, StoreMismatchError, SupsupError
 from .nets import NetConfig
 from .store_header import (
@@ -57,7 +57,14 @@ LOCK_NAME: Final = ".supsup.lock"
 LOCK_TIMEOUT_SECONDS: Final = float(os.environ.get("SUPSUP_LOCK_TIMEOUT", "600"))
 MAX_ROWS: Final = MAX_TASKS + 2  # rows of a per-task array: every task, a replace's, a leftover
 VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during the check
-READ_SLAB_BYTES: Final = 1 << 23  # rows read per zarr call: bounds the transient chunk buffers
+READ_SLAB_BYTES: Final = 1 << 22  # rows read per zarr call: bounds the transient chunk buffers
+# New stores keep this many bytes of rows per chunk of masks, records and task_stats: a store of
+# thousands of tasks is a few hundred files, not one per row (an append rewrites one chunk).
+ROW_CHUNK_BYTES: Final = 1 << 22
+DEFAULT_MAX_ROW_CHUNK: Final = 256
+# Zarr stores a chunk whole: zstd keeps the unused rows of the last chunk from costing disk space
+# (and squeezes sparse top-k masks a little; dense masks pass through as raw blocks).
+MASK_COMPRESSOR: Final = zarr.codecs.ZstdCodec(level=1, checksum=False)
 
 # Reader rule R7: the only codecs that may decode store bytes (no filters, no sharding, no pickle).
 CODEC_CHAINS: Final = (("bytes",), ("bytes", "zstd"))
@@ -105,10 +112,10 @@ def _fault_point(step: str) -> None:
 def _chunk_limit(header: StoreHeader) -> int:
     """The largest chunk an honest store with this header holds, plus zstd's worst-case growth."""
     largest = max(
-        header.mask_bytes,
-        RECORD_BYTES,
+        header.row_chunk * header.mask_bytes,
+        header.row_chunk * RECORD_BYTES,
         4 * header.mask_bits,
-        4 * header.net.stats_size,
+        header.row_chunk * 4 * header.net.stats_size,
         4 * TASK_ROWS_CHUNK,
         LOG_CHUNK_ROWS * LOG_BYTES,
         0 if header.hopfield is None else 4 * header.mask_bits**2,
@@ -132,6 +139,16 @@ class _CheckedArray(zarr.Array):
         try:
             return super().get_orthogonal_selection(*args, **kwargs)
         except SupsupError:
+            raise
+        except Exception as error:
+            raise self._unreadable(error) from error
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        """A row written into a chunk of many rows reads that chunk first: a damaged one fails
+        as a read does (a failed write of the disk itself stays an OSError)."""
+        try:
+            super().__setitem__(selection, value)
+        except (SupsupError, OSError):
             raise
         except Exception as error:
             raise self._unreadable(error) from error
@@ -215,7 +232,7 @@ class MaskStore:
         check_rule(rule, density)
         if rule == "sign":
             density = None
-        header = StoreHeader(net, rule, density, 0)
+        header = StoreHeader(net, rule, density, 0, row_chunk=default_row_chunk(net))
         if storage.is_file(path):
             raise StoreError(f"{path}: exists and is not a directory")
         try:
@@ -447,7 +464,9 @@ class MaskStore:
         into one output: zarr's per-chunk buffers never hold more than one slab at a time."""
         array = self._arrays[name]
         out = np.empty((rows.size, array.shape[1]), dtype=array.dtype)
+        chunk = array.chunks[0]  # whole chunks per slab: none is fetched twice
         step = max(1, READ_SLAB_BYTES // max(1, array.shape[1] * array.dtype.itemsize))
+        step = max(chunk, step // chunk * chunk)
         in_order = np.array_equal(rows, np.arange(rows.size))
         for start in range(0, rows.size, step):
             stop = min(rows.size, start + step)
@@ -1117,16 +1136,30 @@ def _foreign_or_unfinished(path: str) -> list[str]:
     return leftovers
 
 
+def default_row_chunk(net: NetConfig) -> int:
+    """Rows per chunk for a new store: about ROW_CHUNK_BYTES of its widest per-task row."""
+    widest = max(packed_bytes(net.mask_bits), RECORD_BYTES, 4 * net.stats_size)
+    return max(1, min(DEFAULT_MAX_ROW_CHUNK, ROW_CHUNK_BYTES // widest))
+
+
 def _initialise(path: str, header: StoreHeader) -> None:
     """Mark the group as being created, write the arrays, then the header last (the commit)."""
     group = zarr.create_group(_zarr_store(path, True), attributes={CREATING_KEY: True})
     _fault_point("create-marked")
-    bits, nbytes = header.mask_bits, header.mask_bytes
+    bits, nbytes, rows = header.mask_bits, header.mask_bytes, header.row_chunk
     group.create_array(
-        "masks", shape=(0, nbytes), chunks=(1, nbytes), dtype="uint8", compressors=None
+        "masks",
+        shape=(0, nbytes),
+        chunks=(rows, nbytes),
+        dtype="uint8",
+        compressors=MASK_COMPRESSOR if rows > 1 else None,
     )
     group.create_array(
-        "records", shape=(0, RECORD_BYTES), chunks=(1, RECORD_BYTES), dtype="uint8", fill_value=0
+        "records",
+        shape=(0, RECORD_BYTES),
+        chunks=(rows, RECORD_BYTES),
+        dtype="uint8",
+        fill_value=0,
     )
     group.create_array(
         "mask_counts", shape=(2, bits), chunks=(1, bits), dtype="uint32", fill_value=0
@@ -1137,7 +1170,7 @@ def _initialise(path: str, header: StoreHeader) -> None:
     if header.net.stats_size:
         stats = header.net.stats_size
         group.create_array(
-            "task_stats", shape=(0, stats), chunks=(1, stats), dtype="float32", fill_value=0
+            "task_stats", shape=(0, stats), chunks=(rows, stats), dtype="float32", fill_value=0
         )
     _fault_point("create-arrays")
     zeros = [_slot_digest(np.zeros(bits), name) for name in SLOT_ARRAYS]  # empty slots
@@ -1148,14 +1181,16 @@ def _initialise(path: str, header: StoreHeader) -> None:
 def _checked_arrays(group: zarr.Group, header: StoreHeader) -> dict[str, zarr.Array]:
     """Reader rule R7: every array present with the dtype, shape and chunks the header implies."""
     count, bits, nbytes = header.task_count, header.mask_bits, header.mask_bytes
+    rows = header.row_chunk
     expected = {
-        "masks": ("uint8", nbytes, (1, nbytes)),
-        "records": ("uint8", RECORD_BYTES, (1, RECORD_BYTES)),
+        "masks": ("uint8", nbytes, (rows, nbytes)),
+        "records": ("uint8", RECORD_BYTES, (rows, RECORD_BYTES)),
         "mask_counts": ("uint32", bits, (1, bits)),
         "score_sum": ("float32", bits, (1, bits)),
     }
     if header.net.stats_size:
-        expected["task_stats"] = ("float32", header.net.stats_size, (1, header.net.stats_size))
+        stats = header.net.stats_size
+        expected["task_stats"] = ("float32", stats, (rows, stats))
     arrays = {}
     for name, (dtype, width, chunks) in expected.items():
         try:

@@ -28,6 +28,8 @@ FORMAT_VERSION: Final = 3  # the newest version this reads; stores stay 1 until 
 ROW_MAP_VERSION: Final = 2  # version 2: tasks reach their rows through `task_rows` (a replace)
 MAX_TASKS: Final = 1_000_000
 RECORD_BYTES: Final = 4096
+MAX_ROW_CHUNK: Final = 4096  # rows per chunk of the per-task arrays (header `row_chunk`)
+MAX_ROW_CHUNK_BYTES: Final = 1 << 26  # and at most 64 MiB of the widest row per chunk
 MAX_LOG_ROWS: Final = 100_000_000
 MAX_REVISION: Final = 2**53  # commits that changed tasks; exact in any JSON reader
 SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
@@ -159,6 +161,7 @@ class StoreHeader:
     log_count: int = 0  # committed rows of the audit log
     packed: PackedState | None = None  # entropy-coded mask rows (`supsup pack`)
     slots: tuple[str, str] | None = None  # sha256 of the current mask_counts, score_sum rows
+    row_chunk: int = 1  # rows per chunk of masks, records and task_stats (1 before it existed)
 
     @property
     def commit_count(self) -> int:
@@ -200,6 +203,7 @@ class StoreHeader:
             | ({} if self.hopfield is None else {"hopfield": self.hopfield.to_attrs()})
             | ({} if self.version == 1 else {"revision": self.revision, "rows": self.rows})
             | ({"log_count": self.log_count} if self.log_count else {})
+            | ({"row_chunk": self.row_chunk} if self.row_chunk != 1 else {})
             | ({} if self.packed is None else {"packed": self.packed.to_attrs()})
             | (
                 {}
@@ -263,6 +267,13 @@ class StoreHeader:
         log_count = attrs.get("log_count", 0)
         if not _is_int(log_count) or not 0 <= log_count <= MAX_LOG_ROWS:
             raise StoreError(f"invalid log_count {log_count!r} (must be in [0, {MAX_LOG_ROWS}])")
+        row_chunk = attrs.get("row_chunk", 1)
+        widest = max(packed_bytes(net.mask_bits), RECORD_BYTES, 4 * net.stats_size)
+        most = max(1, min(MAX_ROW_CHUNK, MAX_ROW_CHUNK_BYTES // widest))
+        if not _is_int(row_chunk) or not 1 <= row_chunk <= most:
+            raise StoreError(
+                f"invalid row_chunk {row_chunk!r} (must be in [1, {most}] for this network)"
+            )
         packed = attrs.get("packed")
         if packed is not None or version >= PACKED_VERSION:
             packed = PackedState.from_attrs(packed, version, net, rows)
@@ -278,6 +289,7 @@ class StoreHeader:
             log_count,
             packed,
             slots=_parse_slots(attrs.get("slots")),
+            row_chunk=row_chunk,
         )
 
 

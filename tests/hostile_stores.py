@@ -134,10 +134,12 @@ def _slot(store: Path) -> int:
 
 
 def _chunk(store: Path, array: str, row: int | None = None) -> Path:
-    """The chunk file of one row (the current slot for mask_counts/score_sum)."""
+    """The chunk file holding one row (the current slot for mask_counts/score_sum, whose chunks
+    are one row each; per-task arrays keep `row_chunk` rows per chunk)."""
     if row is None:
-        row = _slot(store)
-    return store / array / "c" / str(row) / "0"
+        return store / array / "c" / str(_slot(store)) / "0"
+    rows = 1 if array in ("mask_counts", "score_sum") else _header(store).get("row_chunk", 1)
+    return store / array / "c" / str(row // rows) / "0"
 
 
 def _truncate(array: str, row: int | None = None) -> Callable[[Path], None]:
@@ -164,24 +166,47 @@ def _replace_chunk(
     return damage
 
 
+def _edit_row(store: Path, array: str, row: int, edit: Callable[[bytes], bytes]) -> None:
+    """Rewrite one row's bytes inside its chunk, re-encoded as zarr wrote it (zstd or raw): the
+    damage lands in that row alone, whatever number of rows a chunk holds."""
+    chunk = _chunk(store, array, row)
+    codecs = [c["name"] for c in _json(store / array / "zarr.json")["codecs"]]
+    data = chunk.read_bytes()
+    raw = bytearray(Zstd().decode(data) if "zstd" in codecs else data)
+    width = (
+        len(raw)
+        // _json(store / array / "zarr.json")["chunk_grid"]["configuration"]["chunk_shape"][0]
+    )
+    start = (row % (len(raw) // width)) * width
+    raw[start : start + width] = edit(bytes(raw[start : start + width]))
+    chunk.write_bytes(Zstd(level=1).encode(bytes(raw)) if "zstd" in codecs else bytes(raw))
+
+
 def _flip_mask_bit(store: Path) -> None:
-    chunk = _chunk(store, "masks", 1)
-    raw = bytearray(chunk.read_bytes())
-    raw[100] ^= 0x10
-    chunk.write_bytes(bytes(raw))
+    def flip(row: bytes) -> bytes:
+        return row[:100] + bytes([row[100] ^ 0x10]) + row[101:]
+
+    _edit_row(store, "masks", 1, flip)
 
 
-def _record_row(text: bytes) -> bytes:
-    """A records chunk as zarr writes it: 4,096 zero-padded bytes, zstd compressed."""
-    return Zstd(level=1).encode(text + b"\0" * (4096 - len(text)))
+def _record_text(text: bytes, row: int = 0) -> Callable[[Path], None]:
+    """Replace one record with these bytes (zero padded to 4,096)."""
+
+    def damage(store: Path) -> None:
+        _edit_row(store, "records", row, lambda old: text + b"\0" * (len(old) - len(text)))
+
+    return damage
 
 
 def _edit_record(change: Callable[[dict[str, Any]], None], row: int = 0) -> Callable[[Path], None]:
     def damage(store: Path) -> None:
-        chunk = _chunk(store, "records", row)
-        record = json.loads(Zstd().decode(chunk.read_bytes()).rstrip(b"\0"))
-        change(record)
-        chunk.write_bytes(_record_row(json.dumps(record).encode()))
+        def edit(old: bytes) -> bytes:
+            record = json.loads(old.rstrip(b"\0"))
+            change(record)
+            text = json.dumps(record).encode()
+            return text + b"\0" * (len(old) - len(text))
+
+        _edit_row(store, "records", row, edit)
 
     return damage
 
@@ -426,12 +451,9 @@ BREAKAGES: tuple[Breakage, ...] = (
     Breakage("record-chunk-garbage", _replace_chunk("records", lambda: os.urandom(300))),
     Breakage("record-zstd-bomb", _replace_chunk("records", _zstd_bomb(3 * 10**9))),
     Breakage("record-zstd-multi-frame-bomb", _replace_chunk("records", _multi_frame_bomb)),
-    Breakage("record-not-json", _replace_chunk("records", lambda: _record_row(b"{nope"))),
-    Breakage("record-deeply-nested", _replace_chunk("records", lambda: _record_row(b"[" * 2000))),
-    Breakage(
-        "record-huge-integer",
-        _replace_chunk("records", lambda: _record_row(b'{"index": ' + b"9" * 4000 + b"}")),
-    ),
+    Breakage("record-not-json", _record_text(b"{nope")),
+    Breakage("record-deeply-nested", _record_text(b"[" * 2000)),
+    Breakage("record-huge-integer", _record_text(b'{"index": ' + b"9" * 4000 + b"}")),
     Breakage("record-sha-mismatch", _edit_record(_set_item("sha256", "0" * 64)), kind="forged"),
     Breakage("record-index-wrong", _edit_record(_set_item("index", 2))),
     Breakage("record-classes-beyond-outputs", _edit_record(_set_item("classes", [0, 10]))),

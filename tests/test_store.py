@@ -13,6 +13,7 @@ import pytest
 import torch
 import zarr
 
+from supsup_cli import store as store_module
 from supsup_cli.bits import pack_mask, unpack_mask
 from supsup_cli.errors import ConfigError, StoreError, StoreMismatchError
 from supsup_cli.nets import NetConfig
@@ -195,3 +196,57 @@ def test_two_concurrent_appenders_both_land(store: MaskStore) -> None:
 def test_pack_matches_what_the_store_keeps(store: MaskStore) -> None:
     append(store, 9)
     assert np.array_equal(MaskStore.open(store.path).read_packed([0])[0], pack_mask(random_mask(9)))
+
+
+def test_new_stores_keep_many_rows_per_chunk(store: MaskStore) -> None:
+    """A few hundred files for thousands of tasks; the last, partly used chunk stays small."""
+    for seed in range(130):  # past the first chunk of 126 rows
+        append(store, seed)
+    group = zarr.open_group(store.path, mode="r")
+    rows = group.attrs[ATTRIBUTE_KEY]["row_chunk"]
+    assert rows == store_module.default_row_chunk(NET) == 4 * 2**20 // 33_275
+    assert group["masks"].chunks == (rows, 33_275) and group["records"].chunks == (rows, 4096)
+    files = [p for p in (Path(store.path) / "masks").rglob("*") if p.is_file()]
+    assert len(files) == 3  # zarr.json and two chunks
+    reopened = MaskStore.open(store.path)
+    assert reopened.verify() == []
+    assert np.array_equal(reopened.read_mask(127), random_mask(127))
+    last = Path(store.path) / "masks" / "c" / "1" / "0"
+    assert last.stat().st_size < 5 * 33_275, "4 rows in use: the unused rows cost no disk"
+
+
+def test_stores_with_one_row_per_chunk_still_read_and_grow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores written before `row_chunk` existed: no such key, one row per chunk, raw masks."""
+    monkeypatch.setattr(store_module, "default_row_chunk", lambda net: 1)
+    old = MaskStore.create(tmp_path / "old.zarr", NET, "topk", 0.5)
+    append(old, 1)
+    monkeypatch.undo()
+    group = zarr.open_group(old.path, mode="r")
+    assert "row_chunk" not in group.attrs[ATTRIBUTE_KEY] and group["masks"].chunks == (1, 33_275)
+    reopened = MaskStore.open(old.path, writable=True)
+    append(reopened, 2)
+    assert MaskStore.open(old.path).verify() == []
+    assert np.array_equal(MaskStore.open(old.path).read_mask(1), random_mask(2))
+
+
+@pytest.mark.parametrize("value", [0, -1, 2017, 4097, 1.5, True, "8"])  # 2017 rows > 64 MiB
+def test_invalid_row_chunk_is_refused(store: MaskStore, value: object) -> None:
+    append(store, 1)
+    group = zarr.open_group(store.path, mode="r+")
+    header = dict(group.attrs[ATTRIBUTE_KEY])
+    header["row_chunk"] = value
+    group.attrs[ATTRIBUTE_KEY] = header
+    with pytest.raises(StoreError, match="row_chunk"):
+        MaskStore.open(store.path)
+
+
+def test_a_row_chunk_that_disagrees_with_the_arrays_is_refused(store: MaskStore) -> None:
+    append(store, 1)
+    group = zarr.open_group(store.path, mode="r+")
+    header = dict(group.attrs[ATTRIBUTE_KEY])
+    header["row_chunk"] = 1
+    group.attrs[ATTRIBUTE_KEY] = header
+    with pytest.raises(StoreError, match="chunks"):
+        MaskStore.open(store.path)
