@@ -206,3 +206,17 @@ def run_benchmark(
         args.out / "summary.json",
         {"meta": run_metadata(sys.argv), "data": EMBEDDED_NOTE, "tables": tables},
     )
+
+
+def append_random_mask(store: MaskStore, rng: Any, data: str) -> None:
+    """Append a random 50% mask with an empty record: stores for timing the store, not training."""
+    store.append_task(
+        rng.random(store.net.mask_bits) < 0.5,
+        torch.zeros(store.net.mask_bits),
+        data=data,
+        classes=range(10),
+        accuracy=None,
+        train={},
+        created="",
+        seconds=None,
+    )

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import append_random_mask
 
 from supsup_cli.store import MaskStore
 
@@ -24,20 +24,11 @@ def append_times(source: Path, appends: int) -> tuple[float, int, int]:
     with tempfile.TemporaryDirectory() as work:
         path = shutil.copytree(source, Path(work) / "s.zarr")
         store = MaskStore.open(path, writable=True)
-        rng, zeros = np.random.default_rng(1), torch.zeros(store.net.mask_bits)
+        rng = np.random.default_rng(1)
         times = []
         for index in range(appends):
             started = time.perf_counter()
-            store.append_task(
-                rng.random(store.net.mask_bits) < 0.5,
-                zeros,
-                data=f"permuted:{100_000 + index}",
-                classes=range(10),
-                accuracy=None,
-                train={},
-                created="",
-                seconds=None,
-            )
+            append_random_mask(store, rng, f"permuted:{100_000 + index}")
             times.append(time.perf_counter() - started)
         files = sum(1 for p in Path(path).rglob("*") if p.is_file())
         return float(np.median(times)), store.header.row_chunk, files

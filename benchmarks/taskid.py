@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import append_random_mask
 
 from supsup_cli import bitkernel
 from supsup_cli.bits import packed_matmul
@@ -61,18 +62,8 @@ def make_store(path: Path, tasks: int, outputs: int) -> None:
     config = NetConfig("lenet-300-100", outputs=outputs, seed=0)
     store = MaskStore.create(str(path) + ".partial", config, "sign", None)
     rng = np.random.default_rng(0)
-    zeros = torch.zeros(config.mask_bits)
     for index in range(tasks):
-        store.append_task(
-            rng.random(config.mask_bits) < 0.5,
-            zeros,
-            data=f"permuted:{index + 1}",
-            classes=range(10),
-            accuracy=None,
-            train={},
-            created="",
-            seconds=None,
-        )
+        append_random_mask(store, rng, f"permuted:{index + 1}")
         if index % 250 == 0:
             print(f"  store: {index}/{tasks} masks", file=sys.stderr, flush=True)
     os.replace(str(path) + ".partial", path)
