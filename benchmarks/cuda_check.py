@@ -199,6 +199,18 @@ def gpu_timings(tasks: int, outputs: int) -> list[tuple[str, float, float]]:
     return results
 
 
+class Checks(list):
+    """The table of checks, each row printed as it lands (a run cut short keeps what it did)."""
+
+    def append(self, row: tuple) -> None:
+        super().append(row)
+        name, ok, cpu_s, cuda_s = row
+        line = (
+            f"| {name} | {'yes' if ok else 'NO'} | {fmt_seconds(cpu_s)} | {fmt_seconds(cuda_s)} |"
+        )
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/cuda"))
@@ -217,9 +229,44 @@ def main() -> None:
         raise SystemExit("no CUDA device: run this on a GPU machine")
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SUPSUP_KERNEL", "1")
-    rows: list = []
+    name = torch.cuda.get_device_name() if GPU == "cuda" else "none (dry run on cpu)"
+    print(f"GPU: {name}; torch {torch.__version__}\n")
+    print("| check | same answer / ok | cpu s | cuda s |\n|---|---|---|---|", flush=True)
+    rows = Checks()
     perm, split, stream = args.out / "perm.zarr", args.out / "split.zarr", args.out / "nns.zarr"
     batches = ("--batches", str(args.batches))
+    split_specs = [f"split:{i}" for i in range(5)]
+    train(
+        rows,
+        split,
+        split_specs[:1],
+        "--arch",
+        "bn-2048-2048",
+        "--mask-rule",
+        "sign",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--batches",
+        "100",
+    )
+    train(rows, split, split_specs[1:], "--optimizer", "sgd", "--lr", "0.1", "--batches", "100")
+    code, _, seconds = cli("hopfield-encode", str(split), "--quiet")
+    rows.append(("hopfield-encode", code == 0, None, seconds))
+    same_on_both(
+        rows,
+        args.out,
+        "infer --method hopfield --data split:0..4",
+        "infer",
+        str(split),
+        "--method",
+        "hopfield",
+        "--data",
+        "split:0..4",
+        "--trials",
+        "2",
+    )
     train(rows, perm, ["permuted:1"], "--outputs", "100", "--mask-rule", "sign", *batches)
     train(rows, perm, ["permuted:2", "permuted:3"], *batches)
     for method in ("one-shot", "binary", "exhaustive"):
@@ -255,38 +302,6 @@ def main() -> None:
         "--images",
         "50",
     )
-    split_specs = [f"split:{i}" for i in range(5)]
-    train(
-        rows,
-        split,
-        split_specs[:1],
-        "--arch",
-        "bn-2048-2048",
-        "--mask-rule",
-        "sign",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.1",
-        "--batches",
-        "100",
-    )
-    train(rows, split, split_specs[1:], "--optimizer", "sgd", "--lr", "0.1", "--batches", "100")
-    code, _, seconds = cli("hopfield-encode", str(split), "--quiet")
-    rows.append(("hopfield-encode", code == 0, None, seconds))
-    same_on_both(
-        rows,
-        args.out,
-        "infer --method hopfield --data split:0..4",
-        "infer",
-        str(split),
-        "--method",
-        "hopfield",
-        "--data",
-        "split:0..4",
-        "--trials",
-        "2",
-    )
     code, out, seconds = cli(
         "allocate",
         str(stream),
@@ -308,13 +323,6 @@ def main() -> None:
     code, _, _ = cli("verify", str(perm))
     rows.append(("verify the cuda-trained store", code == 0, None, None))
 
-    name = torch.cuda.get_device_name() if GPU == "cuda" else "none (dry run on cpu)"
-    print(f"GPU: {name}; torch {torch.__version__}\n")
-    print("| check | same answer / ok | cpu s | cuda s |\n|---|---|---|---|")
-    for name, ok, cpu_s, cuda_s in rows:
-        print(
-            f"| {name} | {'yes' if ok else 'NO'} | {fmt_seconds(cpu_s)} | {fmt_seconds(cuda_s)} |"
-        )
     timings = gpu_timings(args.tasks, 500)
     print(f"\nk = {args.tasks}, lenet-300-100, 500 outputs, batch 128, on the GPU:\n")
     print("| measure | packed | float stack |\n|---|---|---|")
