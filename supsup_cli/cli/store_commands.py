@@ -273,6 +273,7 @@ def info(
         "density": header.density,
         "mask_bits": header.mask_bits,
         "mask_bytes_per_task": header.mask_bytes,
+        "rows_per_chunk": header.row_chunk,
         "task_count": header.task_count,
         "stored_bytes": opened.stored_bytes(),
         "tasks": [r.to_dict() for r in records],
@@ -285,7 +286,7 @@ def info(
     net = opened.net
     out.print(
         f"[bold]{escape(store)}[/]: supsup store v{header.version}, {header.task_count} task(s), "
-        f"{summary['stored_bytes']:,} bytes on disk"
+        f"{summary['stored_bytes']:,} bytes on disk, {header.row_chunk} row(s) per chunk"
     )
     out.print(
         f"network {net.arch}, {net.outputs} outputs, seed {net.seed}; rule {header.mask_rule}"
