@@ -334,6 +334,16 @@ class MaskStore:
                 raise StoreError(f"{self.path}: task {index}: mask bytes do not match their sha256")
         return packed
 
+    def iter_packed(self, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        """read_packed in blocks of about READ_SLAB_BYTES, in order: for products over more masks
+        than memory should hold (each block is checked as it is read)."""
+        indices = list(range(self.task_count)) if indices is None else list(indices)
+        per_block, chunk = max(1, READ_SLAB_BYTES // self.header.mask_bytes), self.header.row_chunk
+        if per_block >= chunk:  # whole chunks per block: none is read twice
+            per_block = per_block // chunk * chunk
+        for start in range(0, len(indices), per_block):
+            yield self.read_packed(indices[start : start + per_block])
+
     def read_mask(self, index: int) -> np.ndarray:
         """One task's mask as flat bool bits (D,), checksum checked."""
         return unpack_mask(self.read_packed([index])[0], self.header.mask_bits)
@@ -467,11 +477,12 @@ class MaskStore:
         chunk = array.chunks[0]  # whole chunks per slab: none is fetched twice
         step = max(1, READ_SLAB_BYTES // max(1, array.shape[1] * array.dtype.itemsize))
         step = max(chunk, step // chunk * chunk)
-        in_order = np.array_equal(rows, np.arange(rows.size))
+        first = int(rows[0]) if rows.size else 0
+        in_order = np.array_equal(rows, np.arange(first, first + rows.size))  # one slice
         for start in range(0, rows.size, step):
             stop = min(rows.size, start + step)
             out[start:stop] = (
-                array[start:stop]
+                array[first + start : first + stop]
                 if in_order
                 else array.get_orthogonal_selection((rows[start:stop], slice(None)))
             )

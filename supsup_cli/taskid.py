@@ -9,7 +9,7 @@ Methods (one-shot, binary, exhaustive) and objectives (H, G) live in name regist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,18 +119,24 @@ class MaskBank:
     # The store's task index of each row (rows skip tasks whose masks were dropped); () = 0..k-1.
     task_ids: tuple[int, ...] = ()
     task_stats: np.ndarray | None = None  # (k, S) float32 per-task statistics (BatchNorm nets)
+    # Set: the masks stay in this store and every product reads them in blocks (`packed` is
+    # empty), so memory does not grow with the number of tasks; each query re-reads them.
+    source: MaskStore | None = None
 
     @property
     def task_count(self) -> int:
-        return self.packed.shape[0]
+        return len(self.task_ids) if self.source is not None else self.packed.shape[0]
 
     @property
     def mask_bits(self) -> int:
         return self.config.mask_bits
 
     @classmethod
-    def from_store(cls, store: MaskStore, device: torch.device | str = "cpu") -> MaskBank:
-        """Load the committed tasks whose masks the store keeps (checksums checked by the store).
+    def from_store(
+        cls, store: MaskStore, device: torch.device | str = "cpu", stream: bool = False
+    ) -> MaskBank:
+        """Load the committed tasks whose masks the store keeps (checksums checked by the store);
+        with `stream`, leave the masks in the store and read them for each product instead.
 
         Tasks whose masks were dropped after Hopfield encoding cannot take part: their bits are
         gone, so the bank skips them and sums its counts from the kept masks.
@@ -148,6 +154,25 @@ class MaskBank:
         stats = None
         if store.net.stats_size:
             stats = np.stack([store.read_task_stats(i).numpy() for i in kept])
+        if stream:
+            counts = store.mask_counts()
+            if dropped:  # the stored counts include the dropped masks: sum the kept ones
+                counts = np.zeros(store.net.mask_bits, dtype=np.uint32)
+                for block in store.iter_packed(kept):
+                    counts += mask_counts_of(block, store.net.mask_bits)
+            device = torch.device(device)
+            return cls(
+                store.net,
+                build_net(store.net, device),
+                np.zeros((0, store.header.mask_bytes), dtype=np.uint8),
+                counts,
+                tuple(tuple(records[i].classes) for i in kept),
+                device,
+                task_specs=tuple(records[i].data for i in kept),
+                task_ids=tuple(kept),
+                task_stats=stats,
+                source=store,
+            )
         return cls.from_packed(
             store.net,
             store.read_packed(kept),
@@ -200,6 +225,9 @@ class MaskBank:
 
     def products(self, matrix: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """⟨Mᵢ, matrix⟩ for the masks `rows` (all by default): (D,) or (D, m) -> (r,) or (r, m)."""
+        if self.source is not None:
+            parts = [self._block_products(b, matrix) for b in self._stored_blocks(rows)]
+            return torch.cat(parts) if parts else torch.zeros((0, *matrix.shape[1:]))
         if self.packed_on_device is None:
             packed = self.packed if rows is None else self.packed[rows]
             result = packed_matmul(packed, matrix.detach().numpy(), self.mask_bits)
@@ -214,6 +242,12 @@ class MaskBank:
         if rows is None:
             total = torch.from_numpy(self.counts.astype(np.float32))
             return (total / self.task_count).to(self.device)
+        if self.source is not None:
+            total = torch.zeros(self.mask_bits)
+            for block in self._stored_blocks(rows):
+                ones = np.ones(len(block), dtype=np.float32)
+                total += torch.from_numpy(packed_rmatvec(block, ones, self.mask_bits))
+            return (total / len(rows)).to(self.device)
         if self.packed_on_device is None:
             ones = np.ones(len(rows), dtype=np.float32)
             total = torch.from_numpy(packed_rmatvec(self.packed[rows], ones, self.mask_bits))
@@ -225,7 +259,12 @@ class MaskBank:
 
     def masks_of(self, row: int) -> list[torch.Tensor]:
         """One row's float 0/1 masks, one per site, on the device."""
-        bits = unpack_mask(self.packed[row], self.mask_bits)
+        packed = (
+            self.packed[row]
+            if self.source is None
+            else self.source.read_packed([self.task_id(row)])[0]
+        )
+        bits = unpack_mask(packed, self.mask_bits)
         return bits_to_masks(bits, self.config.mask_shapes, self.device)
 
     def use_task_stats(self, row: int) -> None:
@@ -236,6 +275,17 @@ class MaskBank:
     def task_id(self, row: int) -> int:
         """The store's index of the task in a row."""
         return self.task_ids[row] if self.task_ids else row
+
+    def _stored_blocks(self, rows: np.ndarray | None) -> Iterator[np.ndarray]:
+        """The masks of `rows` (all by default) read from the store, in blocks, in order."""
+        wanted = self.task_ids if rows is None else [self.task_ids[int(r)] for r in rows]
+        return self.source.iter_packed(wanted)
+
+    def _block_products(self, block: np.ndarray, matrix: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.from_numpy(packed_matmul(block, matrix.detach().numpy(), self.mask_bits))
+        packed_t = torch.from_numpy(block).to(self.device)
+        return packed_matmul_torch(packed_t, matrix.detach(), self.mask_bits)
 
 
 def mask_counts_of(packed: np.ndarray, mask_bits: int) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
+from supsup_cli.bits import unpack_mask
 from supsup_cli.cli import app
 from supsup_cli.data import load_task
 from supsup_cli.errors import ConfigError, StoreError
@@ -36,6 +37,7 @@ from supsup_cli.hopfield import (
 )
 from supsup_cli.nets import ARCHITECTURES, MaskedBNMLP, NetConfig
 from supsup_cli.store import MaskStore
+from supsup_cli.taskid import MaskBank
 from supsup_cli.train import CreationOptions, TrainConfig, train_task
 
 runner = CliRunner()
@@ -261,6 +263,20 @@ def test_drop_masks_keeps_a_verifiable_store(tmp_path: Path) -> None:
     assert hopfield_summary(store)["masks"] == "dropped"
     memory = load_memory(store)  # recovery still has what it needs
     assert memory.patterns == {} and len(memory.fingerprints) == 3
+
+
+def test_a_streamed_bank_counts_only_the_kept_masks(tmp_path: Path) -> None:
+    """After --drop-masks of some tasks, task inference on the rest sums the kept masks, whether
+    they are held in memory or read from the store for each product."""
+    path = tiny_store(tmp_path / "s.zarr", tasks=3)
+    encode_tasks(path)
+    MaskStore.open(path, writable=True).drop_masks([1])
+    store = MaskStore.open(path)
+    held, streamed = MaskBank.from_store(store), MaskBank.from_store(store, stream=True)
+    assert streamed.task_ids == held.task_ids == (0, 2)
+    np.testing.assert_array_equal(streamed.counts, held.counts)
+    expected = store.read_packed([0, 2])
+    np.testing.assert_array_equal(held.counts, unpack_mask(expected, D).sum(0))
 
 
 def test_verify_catches_a_tampered_psi_and_pattern_sum(tmp_path: Path) -> None:

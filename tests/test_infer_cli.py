@@ -127,3 +127,13 @@ def test_bad_usage_is_one_line_and_exit_2(permuted_store, tmp_path, arguments, m
 def test_missing_store_is_an_error(tmp_path) -> None:
     result = runner.invoke(app, ["infer", str(tmp_path / "none.zarr"), "--data", "permuted:1"])
     assert result.exit_code == 2 and "no such store" in result.stderr
+
+
+def test_streamed_masks_give_the_same_answers(permuted_store, tmp_path) -> None:
+    """--stream-masks reads the masks for every query instead of holding them: same lines."""
+    save_pngs(tmp_path / "shots", permuted_digits(2, 6), "p2")
+    argv = ["infer", str(permuted_store), str(tmp_path / "shots"), "--per", "image", "-q"]
+    held = runner.invoke(app, argv)
+    streamed = runner.invoke(app, [*argv, "--stream-masks"])
+    assert held.exit_code == streamed.exit_code == 0, streamed.output
+    assert lines(streamed.output) == lines(held.output) and len(lines(held.output)) == 6

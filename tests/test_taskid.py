@@ -292,3 +292,33 @@ def test_nets_with_per_task_statistics_use_batch_statistics_when_task_unknown() 
 def reference_alpha_gradient_bn(net, floats: torch.Tensor, x) -> torch.Tensor:
     with net.batch_statistics():
         return reference_alpha_gradient(net, floats, x, "H")
+
+
+def test_streamed_bank_answers_as_the_loaded_one(trained, bank, monkeypatch) -> None:
+    """Masks read from the store in blocks for every product (small blocks here, so that a
+    query spans several) give the same tasks, confidences and classes as masks held in memory."""
+    monkeypatch.setattr("supsup_cli.store.READ_SLAB_BYTES", 1)  # one mask per block
+    streamed = MaskBank.from_store(trained, stream=True)
+    assert streamed.packed.shape[0] == 0 and streamed.task_count == bank.task_count
+    np.testing.assert_array_equal(streamed.counts, bank.counts)
+    x = torch.cat([images(f"permuted:{n}", 12)[0] for n in (1, 2, 3)])
+    for method, per in (
+        ("one-shot", "batch"),
+        ("binary", "batch"),
+        ("exhaustive", "batch"),
+        ("one-shot", "image"),
+    ):
+        a = infer_task(bank, x, method=method, per=per)
+        b = infer_task(streamed, x, method=method, per=per)
+        assert a.tasks.tolist() == b.tasks.tolist(), (method, per)
+        assert a.predictions.tolist() == b.predictions.tolist(), (method, per)
+        np.testing.assert_allclose(a.confidences, b.confidences, rtol=1e-5)
+    rows = np.array([2, 0])
+    torch.testing.assert_close(streamed.mean_mask(rows), bank.mean_mask(rows))
+
+
+def test_blocks_of_masks_cover_every_task_once(trained, monkeypatch) -> None:
+    monkeypatch.setattr("supsup_cli.store.READ_SLAB_BYTES", 1)
+    blocks = list(trained.iter_packed([2, 0, 1]))
+    assert [len(b) for b in blocks] == [1, 1, 1]
+    np.testing.assert_array_equal(np.concatenate(blocks), trained.read_packed([2, 0, 1]))

@@ -92,6 +92,15 @@ def infer(
     steps: StepsOpt = DEFAULT_STEPS,
     gamma: GammaOpt = DEFAULT_GAMMA,
     starts: StartsOpt = DEFAULT_STARTS,
+    stream_masks: Annotated[
+        bool,
+        typer.Option(
+            "--stream-masks",
+            help="Leave the masks in the store and read them, in blocks, for every query: "
+            "memory stays flat whatever the number of tasks (for stores larger than memory), "
+            "at the price of reading all masks again for each batch.",
+        ),
+    ] = False,
     skip_bad: Annotated[
         bool,
         typer.Option("--skip-bad", help="Report unreadable files on stderr and go on."),
@@ -127,7 +136,7 @@ def infer(
             json_out=json_out,
         )
         return
-    bank = MaskBank.from_store(MaskStore.open(store), resolve_device(device))
+    bank = MaskBank.from_store(MaskStore.open(store), resolve_device(device), stream=stream_masks)
     if data is not None:
         specs = expand_specs(data)
         with progress_bar("inferring (%)", 100, quiet) as advance:
