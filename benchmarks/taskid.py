@@ -107,27 +107,19 @@ def child(kind: str, store_path: str) -> dict:
         bank = MaskBank.from_store(MaskStore.open(store_path), stream=True)
         read = time.perf_counter()  # records and counts only
         task = packed_one_shot(bank, x)
-        done = time.perf_counter()
-        return {
-            "seconds": done - started,
-            "read_seconds": read - started,
-            "after_read_seconds": done - read,
-            "peak_growth_bytes": peak_bytes() - base,
-            "task": task,
-        }
-    # The store read both paths pay: records, packed masks (checksums checked), counts.
-    store = MaskStore.open(store_path)
-    classes = [r.classes for r in store.tasks()]
-    packed, counts = store.read_packed(), store.mask_counts()
-    read = time.perf_counter()
-    if kind == "packed":
-        bank = MaskBank.from_packed(store.net, packed, classes, counts=counts)
-        task = packed_one_shot(bank, x)
-    else:
-        net = build_net(store.net)
-        stack = float_stack(packed, store.net.mask_bits)
-        del packed
-        task = float_one_shot(net, stack, x)
+    else:  # the store read both other paths pay: records, packed masks (checked), counts
+        store = MaskStore.open(store_path)
+        classes = [r.classes for r in store.tasks()]
+        packed, counts = store.read_packed(), store.mask_counts()
+        read = time.perf_counter()
+        if kind == "packed":
+            bank = MaskBank.from_packed(store.net, packed, classes, counts=counts)
+            task = packed_one_shot(bank, x)
+        else:
+            net = build_net(store.net)
+            stack = float_stack(packed, store.net.mask_bits)
+            del packed
+            task = float_one_shot(net, stack, x)
     done = time.perf_counter()
     return {
         "seconds": done - started,
