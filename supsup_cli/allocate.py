@@ -529,7 +529,9 @@ class _Run:
         self._until_written(write)
         self.pending.clear()
         self.scores[stretch.index] = flat
-        self.stored_sha[stretch.index : stretch.index + 1] = [mask_checksum(pack_mask(bits))]
+        self.stored_sha[stretch.index : stretch.index + 1] = [
+            mask_checksum(self.packed[stretch.index])
+        ]
         stretch.start_scores, stretch.new, stretch.batches, stretch.seconds = flat, False, 0, 0.0
 
     def _until_written(self, write: Callable[[], None]) -> None:

@@ -744,13 +744,7 @@ class MaskStore:
                 f"{0 if stats is None else stats.size} per-task statistics given; the store's "
                 f"network keeps {stats_size}"
             )
-        bits = np.asarray(mask_bits, dtype=bool).ravel()
-        flat_scores = scores.detach().float().cpu().numpy().ravel()
-        if bits.size != self.header.mask_bits or flat_scores.size != self.header.mask_bits:
-            raise StoreMismatchError(
-                f"mask has {bits.size} bits, the store's network has {self.header.mask_bits}"
-            )
-        packed = pack_mask(bits)
+        bits, packed, flat_scores = self._checked_row(mask_bits, scores)
         with _write_lock(self.path):
             fresh = MaskStore.open(self.path, writable=True)  # another writer may have appended
             fresh._check_expected(expect)
@@ -775,6 +769,19 @@ class MaskStore:
         self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
         return record
 
+    def _checked_row(
+        self, mask_bits: np.ndarray, scores: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A task's mask as flat bits and packed, and its (D,) scores as float32, checked to be
+        sized for this network."""
+        bits = np.asarray(mask_bits, dtype=bool).ravel()
+        flat = scores.detach().float().cpu().numpy().ravel()
+        if bits.size != self.header.mask_bits or flat.size != self.header.mask_bits:
+            raise StoreMismatchError(
+                f"mask has {bits.size} bits, the store's network has {self.header.mask_bits}"
+            )
+        return bits, pack_mask(bits), flat
+
     def replace_task(
         self,
         index: int,
@@ -793,13 +800,7 @@ class MaskStore:
         at it. The task's record keeps its index, data and creation time, with `revision` + 1.
         `score_change` (D,) is added to the score sum (new raw scores minus those it replaces).
         """
-        bits = np.asarray(mask_bits, dtype=bool).ravel()
-        change = score_change.detach().float().cpu().numpy().ravel()
-        if bits.size != self.header.mask_bits or change.size != self.header.mask_bits:
-            raise StoreMismatchError(
-                f"mask has {bits.size} bits, the store's network has {self.header.mask_bits}"
-            )
-        packed = pack_mask(bits)
+        bits, packed, change = self._checked_row(mask_bits, score_change)
         with _write_lock(self.path):
             fresh = MaskStore.open(self.path, writable=True)
             fresh._check_expected(expect)
