@@ -16,6 +16,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +59,7 @@ LOCK_TIMEOUT_SECONDS: Final = float(os.environ.get("SUPSUP_LOCK_TIMEOUT", "600")
 MAX_ROWS: Final = MAX_TASKS + 2  # rows of a per-task array: every task, a replace's, a leftover
 VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during the check
 READ_SLAB_BYTES: Final = 1 << 22  # rows read per zarr call: bounds the transient chunk buffers
+SlabHook = Callable[[int, np.ndarray], None]  # (first row, rows just read)
 # New stores keep this many bytes of rows per chunk of masks, records and task_stats: a store of
 # thousands of tasks is a few hundred files, not one per row (an append rewrites one chunk).
 ROW_CHUNK_BYTES: Final = 1 << 22
@@ -297,17 +299,17 @@ class MaskStore:
         """All committed task records, in order."""
         if self._records is None or self._records[0] is not self.header:
             rows = self._read_rows("records", self._rows())
-            self._records = (self.header, [self._decode(row, i) for i, row in enumerate(rows)])
+            self._records = (self.header, self._decode(rows, range(self.task_count)))
         return list(self._records[1])
 
     def task(self, index: int) -> TaskRecord:
         self._check_index(index)
         row = int(self._rows([index])[0])
-        return self._decode(self._arrays["records"][row], index)
+        return self._decode(self._arrays["records"][row : row + 1], [index])[0]
 
-    def _decode(self, row: np.ndarray, index: int) -> TaskRecord:
+    def _decode(self, rows: np.ndarray, indices: Sequence[int]) -> list[TaskRecord]:
         try:
-            return TaskRecord.decode(row, index, self.header)
+            return TaskRecord.decode_rows(rows, indices, self.header)
         except StoreError as error:
             raise StoreError(f"{self.path}: {error}") from error
 
@@ -327,12 +329,30 @@ class MaskStore:
             records = [self._records[1][i] for i in indices]  # already read by tasks()
         else:  # only the wanted ones: O(n), not O(k)
             raw = self._read_rows("records", rows)
-            records = [self._decode(r, i) for r, i in zip(raw, indices, strict=True)]
-        packed = self._mask_rows(rows)
-        for row, record, index in zip(packed, records, indices, strict=True):
+            records = self._decode(raw, indices)
+        threads = max(1, torch.get_num_threads())
+        with ThreadPoolExecutor(threads) as hashers:  # hashlib lets go of the GIL: all cores
+            checks: list[Future] = []
+
+            def check(start: int, slab: np.ndarray) -> None:  # runs while the next slab is read
+                bounds = np.linspace(start, start + len(slab), threads + 1).astype(int)
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                    part = slab[lo - start : hi - start]
+                    checks.append(
+                        hashers.submit(self._check_masks, part, indices[lo:hi], records[lo:hi])
+                    )
+
+            packed = self._mask_rows(rows, check)
+            for done in checks:
+                done.result()
+        return packed
+
+    def _check_masks(
+        self, packed: np.ndarray, indices: list[int], records: list[TaskRecord]
+    ) -> None:
+        for row, index, record in zip(packed, indices, records, strict=True):
             if mask_checksum(row) != record.sha256:
                 raise StoreError(f"{self.path}: task {index}: mask bytes do not match their sha256")
-        return packed
 
     def iter_packed(self, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
         """read_packed in blocks of about READ_SLAB_BYTES, in order: for products over more masks
@@ -341,8 +361,15 @@ class MaskStore:
         per_block, chunk = max(1, READ_SLAB_BYTES // self.header.mask_bytes), self.header.row_chunk
         if per_block >= chunk:  # whole chunks per block: none is read twice
             per_block = per_block // chunk * chunk
-        for start in range(0, len(indices), per_block):
-            yield self.read_packed(indices[start : start + per_block])
+        blocks = [indices[start : start + per_block] for start in range(0, len(indices), per_block)]
+        with ThreadPoolExecutor(1) as reader:  # the next block is read while this one is used
+            pending = reader.submit(self.read_packed, blocks[0]) if blocks else None
+            for following in blocks[1:]:
+                block = pending.result()
+                pending = reader.submit(self.read_packed, following)
+                yield block
+            if pending is not None:
+                yield pending.result()
 
     def read_mask(self, index: int) -> np.ndarray:
         """One task's mask as flat bool bits (D,), checksum checked."""
@@ -469,9 +496,12 @@ class MaskStore:
                 )
         return table if indices is None else table[np.asarray(indices, dtype=np.int64)]
 
-    def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+    def _read_rows(
+        self, name: str, rows: np.ndarray, on_slab: SlabHook | None = None
+    ) -> np.ndarray:
         """Rows of a per-row array, in the given order, read in slabs of about READ_SLAB_BYTES
-        into one output: zarr's per-chunk buffers never hold more than one slab at a time."""
+        into one output: zarr's per-chunk buffers never hold more than one slab at a time.
+        `on_slab(start, slab)` is given each slab as soon as it is in the output."""
         array = self._arrays[name]
         out = np.empty((rows.size, array.shape[1]), dtype=array.dtype)
         chunk = array.chunks[0]  # whole chunks per slab: none is fetched twice
@@ -486,14 +516,16 @@ class MaskStore:
                 if in_order
                 else array.get_orthogonal_selection((rows[start:stop], slice(None)))
             )
+            if on_slab is not None:
+                on_slab(start, out[start:stop])
         return out
 
-    def _mask_rows(self, rows: np.ndarray) -> np.ndarray:
+    def _mask_rows(self, rows: np.ndarray, on_slab: SlabHook | None = None) -> np.ndarray:
         """Mask bytes (n, B) of the given rows: raw, or decoded from their blobs (pack.py) where
-        the raw rows were dropped (reader rule R12)."""
+        the raw rows were dropped (reader rule R12); `on_slab` as in _read_rows."""
         state = self.header.packed
         if state is None or not state.dropped:
-            return self._read_rows("masks", rows)
+            return self._read_rows("masks", rows, on_slab)
         blobs, superseded = self._blobs(rows)
         coded = np.array([int(r) in blobs and int(r) not in superseded for r in rows], dtype=bool)
         out = np.empty((rows.size, self.header.mask_bytes), dtype=np.uint8)
@@ -503,6 +535,8 @@ class MaskStore:
             sites = [math.prod(shape) for shape in self.net.mask_shapes]
             codec = pack.get_codec(state.codec)
             out[coded] = pack.decode_packed(codec, blobs, sites, rows[coded].tolist())
+        if on_slab is not None:
+            on_slab(0, out)
         return out
 
     def _blobs(self, rows: np.ndarray) -> tuple[dict[int, bytes], set[int]]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -341,8 +342,26 @@ class TaskRecord:
 
     @classmethod
     def decode(cls, row: np.ndarray, index: int, header: StoreHeader) -> TaskRecord:
-        """Parse a record row and check it against the header (reader rule R8)."""
-        raw = bytes(row).rstrip(b"\0")
+        """Parse one record row and check it against the header (reader rule R8)."""
+        return cls.decode_rows(row[None], [index], header)[0]
+
+    @classmethod
+    def decode_rows(
+        cls, rows: np.ndarray, indices: Sequence[int], header: StoreHeader
+    ) -> list[TaskRecord]:
+        """Parse record rows (n, RECORD_BYTES) of the given tasks (reader rule R8). The zero
+        padding is found for all rows at once: a store of thousands of tasks opens faster."""
+        width = rows.shape[1]
+        written = rows[:, ::-1] != 0
+        lengths = np.where(written.any(axis=1), width - written.argmax(axis=1), 0)
+        text = np.ascontiguousarray(rows).tobytes()
+        return [
+            cls._parse(text[row * width : row * width + int(length)], index, header)
+            for row, (length, index) in enumerate(zip(lengths, indices, strict=True))
+        ]
+
+    @classmethod
+    def _parse(cls, raw: bytes, index: int, header: StoreHeader) -> TaskRecord:
         try:
             data = json.loads(raw.decode())
         except (ValueError, RecursionError) as error:  # bad UTF-8/JSON, deep nesting, huge ints
@@ -368,7 +387,8 @@ class TaskRecord:
         if (
             not isinstance(classes, list)
             or not classes
-            or not all(_is_int(c) and 0 <= c < header.net.outputs for c in classes)
+            or not all(type(c) is int for c in classes)  # JSON ints only: no bools
+            or not 0 <= min(classes) <= max(classes) < header.net.outputs
         ):
             problems.append(f"'classes' must be a non-empty list of outputs < {header.net.outputs}")
         if data.get("rule") not in MASK_RULES:

@@ -262,6 +262,32 @@ def test_fuzzed_records_are_parsed_or_refused(
         assert parsed.index == 0 and parsed.data.isprintable()
 
 
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda r: {**r, "classes": [True]}, "classes"),  # JSON true is not an output
+        (lambda r: {**r, "classes": []}, "classes"),
+        (lambda r: {**r, "classes": [0, -1]}, "classes"),
+        (lambda r: {**r, "classes": [0, 1.0]}, "classes"),
+        (lambda r: json.dumps(r).encode() + b"\0{}", "not valid JSON"),  # text after the padding
+        (lambda r: b"", "not valid JSON"),
+    ],
+)
+def test_records_decoded_together_refuse_what_one_would(sound: Path, edit: Any, why: str) -> None:
+    """The table is parsed for all rows at once: a bad row among good ones is still refused and
+    named, and good rows parse exactly as they do one by one."""
+    store = MaskStore.open(sound)
+    rows = store._read_rows("records", store._rows())
+    together = TaskRecord.decode_rows(rows, range(len(rows)), store.header)
+    assert together == [TaskRecord.decode(row, i, store.header) for i, row in enumerate(rows)]
+    bad = edit(json.loads(bytes(rows[1]).rstrip(b"\0")))
+    text = bad if isinstance(bad, bytes) else json.dumps(bad).encode()
+    rows[1] = 0
+    rows[1, : len(text)] = np.frombuffer(text, dtype=np.uint8)
+    with pytest.raises(StoreError, match=f"task 1: .*{why}"):
+        TaskRecord.decode_rows(rows, range(len(rows)), store.header)
+
+
 def test_zarr_v2_stores_are_refused_before_reading(sound: Path, tmp_path: Path) -> None:
     store = make_hostile(
         sound, tmp_path / "s.zarr", {b.name: b for b in BREAKAGES}["zarr-v2-with-pickle"]

@@ -108,6 +108,30 @@ def test_checksum_mismatch_is_caught(store: MaskStore) -> None:
     assert any("sha256" in p for p in reopened.verify())
 
 
+def test_a_damaged_mask_among_many_slabs_is_named(store: MaskStore, monkeypatch) -> None:
+    """Checksums run on worker threads while later slabs are read, and streamed blocks are read
+    ahead: the damaged task is still the one named, and the blocks before it are handed out."""
+    monkeypatch.setattr("supsup_cli.store.READ_SLAB_BYTES", 1)  # one mask per slab and block
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    for seed in range(6):
+        append(store, seed)
+    group = zarr.open_group(store.path, mode="r+")
+    row = group["masks"][4]
+    row[0] ^= 1
+    group["masks"][4] = row
+    reopened = MaskStore.open(store.path)
+    np.testing.assert_array_equal(
+        reopened.read_packed([0, 5]), [pack_mask(random_mask(s)) for s in (0, 5)]
+    )
+    with pytest.raises(StoreError, match="task 4: mask bytes do not match their sha256"):
+        reopened.read_packed()
+    handed_out = []
+    with pytest.raises(StoreError, match="task 4: mask bytes"):
+        for block in reopened.iter_packed():
+            handed_out.append(block)
+    assert len(handed_out) == 4
+
+
 def test_counts_that_disagree_are_caught(store: MaskStore) -> None:
     append(store, 1)
     group = zarr.open_group(store.path, mode="r+")
