@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from supsup_cli.cli import app
 from supsup_cli.data import embedded_source, pixel_permutation
+from supsup_cli.taskid import MaskBank
 
 runner = CliRunner()
 
@@ -137,3 +138,35 @@ def test_streamed_masks_give_the_same_answers(permuted_store, tmp_path) -> None:
     streamed = runner.invoke(app, [*argv, "--stream-masks"])
     assert held.exit_code == streamed.exit_code == 0, streamed.output
     assert lines(streamed.output) == lines(held.output) and len(lines(held.output)) == 6
+
+
+@pytest.mark.parametrize(
+    ("extra", "streamed"),
+    [
+        ([], True),  # 6 images, one batch, one-shot: one pass over the masks
+        (["--batch", "4"], False),  # two batches: read once, keep them
+        (["--method", "binary"], False),
+        (["--per", "image"], False),
+        (["--batch", "4", "--stream-masks"], True),
+        (["--hold-masks"], False),
+    ],
+)
+def test_masks_are_streamed_by_default_only_for_one_pass(
+    permuted_store, tmp_path, monkeypatch, extra, streamed
+) -> None:
+    """Without --stream-masks/--hold-masks, a call that answers one batch by one-shot streams
+    the masks (the memory of a held bank buys nothing there); every other call holds them."""
+    save_pngs(tmp_path / "shots", permuted_digits(2, 6), "p2")
+    asked = []
+    real = MaskBank.from_store.__func__
+
+    def spy(cls, store, device="cpu", stream=False):
+        asked.append(stream)
+        return real(cls, store, device, stream)
+
+    monkeypatch.setattr(MaskBank, "from_store", classmethod(spy))
+    result = runner.invoke(
+        app, ["infer", str(permuted_store), str(tmp_path / "shots"), "-q", *extra]
+    )
+    assert result.exit_code == 0, result.output
+    assert asked == [streamed] and len(lines(result.output)) == 6

@@ -93,14 +93,17 @@ def infer(
     gamma: GammaOpt = DEFAULT_GAMMA,
     starts: StartsOpt = DEFAULT_STARTS,
     stream_masks: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--stream-masks",
-            help="Leave the masks in the store and read them, in blocks, for every query: "
-            "memory stays flat whatever the number of tasks (for stores larger than memory), "
-            "at the price of reading all masks again for each batch.",
+            "--stream-masks/--hold-masks",
+            help="--stream-masks: leave the masks in the store and read them, in blocks, for "
+            "every query (memory stays flat whatever the number of tasks; all masks are read "
+            "again for each batch). --hold-masks: read them once and keep them. Default: "
+            "stream when the call answers a single batch by one-shot (one pass over the "
+            "masks either way), hold otherwise.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     skip_bad: Annotated[
         bool,
         typer.Option("--skip-bad", help="Report unreadable files on stderr and go on."),
@@ -136,8 +139,9 @@ def infer(
             json_out=json_out,
         )
         return
-    bank = MaskBank.from_store(MaskStore.open(store), resolve_device(device), stream=stream_masks)
+    opened, target = MaskStore.open(store), resolve_device(device)
     if data is not None:
+        bank = MaskBank.from_store(opened, target, stream=bool(stream_masks))
         specs = expand_specs(data)
         with progress_bar("inferring (%)", 100, quiet) as advance:
             scores = score_specs(
@@ -160,6 +164,9 @@ def infer(
         skip_bad=skip_bad,
         on_skip=lambda name, reason: say(f"skipped {reason}", quiet, style="yellow"),
     )
+    if stream_masks is None:  # one product over all masks: reading them into memory buys nothing
+        stream_masks = len(images.names) <= batch and method == "one-shot" and per == "batch"
+    bank = MaskBank.from_store(opened, target, stream=stream_masks)
     for start in range(0, len(images.names), batch):
         result = infer_task(
             bank,
