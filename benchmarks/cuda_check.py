@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from supsup_cli.bits import unpack_torch
-from supsup_cli.data import load_task
+from supsup_cli.data import embedded_source, load_task, pixel_permutation
 from supsup_cli.nets import NetConfig
 from supsup_cli.store import MaskStore
 from supsup_cli.taskid import MaskBank, infer_task
@@ -130,6 +130,37 @@ def per_image_check(rows: list, store: Path) -> None:
         )
 
 
+def images_check(rows: list, store: Path, out_dir: Path) -> None:
+    """`infer` on a .npy of 60 digits of three tasks, one batch: by default the masks are
+    streamed (one-shot, one batch), with --hold-masks held; the same lines on cpu and the GPU."""
+    raw = embedded_source().test_images[:20].reshape(20, 784)
+    digits = np.concatenate([raw[:, pixel_permutation(n).numpy()] for n in (1, 2, 3)])
+    path = out_dir / "digits.npy"
+    np.save(path, digits.reshape(60, 28, 28))
+    for extra in ((), ("--hold-masks",)):
+        answers, seconds = {}, {}
+        for device in ("cpu", GPU):
+            code, out, seconds[device] = cli(
+                "infer", str(store), str(path), *extra, "--device", device
+            )
+            answers[device] = [json.loads(line) for line in out.splitlines()] if code == 0 else None
+        cpu, gpu = answers["cpu"], answers[GPU]
+        agree = (
+            cpu is not None
+            and gpu is not None
+            and len(cpu) == 60
+            and all(
+                (a["task"], a["class"]) == (b["task"], b["class"])
+                and abs(a["confidence"] - b["confidence"]) < 1e-3
+                for a, b in zip(cpu, gpu, strict=True)
+            )
+        )
+        mode = "held" if extra else "streamed (default)"
+        rows.append(
+            (f"infer digits.npy, 60 images, masks {mode}", agree, seconds["cpu"], seconds[GPU])
+        )
+
+
 def fmt_seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
@@ -221,7 +252,13 @@ def main() -> None:
         action="store_true",
         help="compare cpu with cpu: checks this script's plumbing, not CUDA",
     )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts to leave out: hopfield, infer, eval, allocate, timings",
+    )
     args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     global GPU
     if args.dry_run_on_cpu:
         GPU = "cpu"
@@ -235,99 +272,105 @@ def main() -> None:
     rows = Checks()
     perm, split, stream = args.out / "perm.zarr", args.out / "split.zarr", args.out / "nns.zarr"
     batches = ("--batches", str(args.batches))
-    split_specs = [f"split:{i}" for i in range(5)]
-    train(
-        rows,
-        split,
-        split_specs[:1],
-        "--arch",
-        "bn-2048-2048",
-        "--mask-rule",
-        "sign",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.1",
-        "--batches",
-        "100",
-    )
-    train(rows, split, split_specs[1:], "--optimizer", "sgd", "--lr", "0.1", "--batches", "100")
-    code, _, seconds = cli("hopfield-encode", str(split), "--quiet")
-    rows.append(("hopfield-encode", code == 0, None, seconds))
-    same_on_both(
-        rows,
-        args.out,
-        "infer --method hopfield --data split:0..4",
-        "infer",
-        str(split),
-        "--method",
-        "hopfield",
-        "--data",
-        "split:0..4",
-        "--trials",
-        "2",
-    )
+    if "hopfield" not in skip:
+        split_specs = [f"split:{i}" for i in range(5)]
+        train(
+            rows,
+            split,
+            split_specs[:1],
+            "--arch",
+            "bn-2048-2048",
+            "--mask-rule",
+            "sign",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.1",
+            "--batches",
+            "100",
+        )
+        train(rows, split, split_specs[1:], "--optimizer", "sgd", "--lr", "0.1", "--batches", "100")
+        code, _, seconds = cli("hopfield-encode", str(split), "--quiet")
+        rows.append(("hopfield-encode", code == 0, None, seconds))
+        same_on_both(
+            rows,
+            args.out,
+            "infer --method hopfield --data split:0..4",
+            "infer",
+            str(split),
+            "--method",
+            "hopfield",
+            "--data",
+            "split:0..4",
+            "--trials",
+            "2",
+        )
     train(rows, perm, ["permuted:1"], "--outputs", "100", "--mask-rule", "sign", *batches)
     train(rows, perm, ["permuted:2", "permuted:3"], *batches)
-    for method in ("one-shot", "binary", "exhaustive"):
-        for objective in ("H", "G"):
-            same_on_both(
-                rows,
-                args.out,
-                f"infer --data permuted:1..3 --method {method} -o {objective}",
-                "infer",
-                str(perm),
-                "--data",
-                "permuted:1..3",
-                "--method",
-                method,
-                "--objective",
-                objective,
-                "--trials",
-                "10",
-            )
-    per_image_check(rows, perm)
-    same_on_both(
-        rows,
-        args.out,
-        "eval --scenario GNu --batch 1 --images 50",
-        "eval",
-        str(perm),
-        "--data",
-        "permuted:1..3",
-        "--scenario",
-        "GNu",
-        "--batch",
-        "1",
-        "--images",
-        "50",
-    )
-    code, out, seconds = cli(
-        "allocate",
-        str(stream),
-        "--data",
-        "permuted:1,2,1",
-        "--batches-per-segment",
-        str(args.batches),
-        "--check-every",
-        "100",
-        "--device",
-        GPU,
-        "--json",
-        "--quiet",
-    )
-    masks = MaskStore.open(stream).task_count if code == 0 else None
-    rows.append(
-        (f"allocate permuted:1,2,1 on cuda: {masks} masks (want 2)", masks == 2, None, seconds)
-    )
+    if "infer" not in skip:
+        for method in ("one-shot", "binary", "exhaustive"):
+            for objective in ("H", "G"):
+                same_on_both(
+                    rows,
+                    args.out,
+                    f"infer --data permuted:1..3 --method {method} -o {objective}",
+                    "infer",
+                    str(perm),
+                    "--data",
+                    "permuted:1..3",
+                    "--method",
+                    method,
+                    "--objective",
+                    objective,
+                    "--trials",
+                    "10",
+                )
+        per_image_check(rows, perm)
+        images_check(rows, perm, args.out)
+    if "eval" not in skip:
+        same_on_both(
+            rows,
+            args.out,
+            "eval --scenario GNu --batch 1 --images 50",
+            "eval",
+            str(perm),
+            "--data",
+            "permuted:1..3",
+            "--scenario",
+            "GNu",
+            "--batch",
+            "1",
+            "--images",
+            "50",
+        )
+    if "allocate" not in skip:
+        code, out, seconds = cli(
+            "allocate",
+            str(stream),
+            "--data",
+            "permuted:1,2,1",
+            "--batches-per-segment",
+            str(args.batches),
+            "--check-every",
+            "100",
+            "--device",
+            GPU,
+            "--json",
+            "--quiet",
+        )
+        masks = MaskStore.open(stream).task_count if code == 0 else None
+        rows.append(
+            (f"allocate permuted:1,2,1 on cuda: {masks} masks (want 2)", masks == 2, None, seconds)
+        )
     code, _, _ = cli("verify", str(perm))
     rows.append(("verify the cuda-trained store", code == 0, None, None))
 
-    timings = gpu_timings(args.tasks, 500)
-    print(f"\nk = {args.tasks}, lenet-300-100, 500 outputs, batch 128, on the GPU:\n")
-    print("| measure | packed | float stack |\n|---|---|---|")
-    for name, packed, floats in timings:
-        print(f"| {name} | {packed:.2f} | {floats:.2f} |")
+    if "timings" not in skip:
+        timings = gpu_timings(args.tasks, 500)
+        print(f"\nk = {args.tasks}, lenet-300-100, 500 outputs, batch 128, on the GPU:\n")
+        print("| measure | packed | float stack |\n|---|---|---|")
+        for name, packed, floats in timings:
+            print(f"| {name} | {packed:.2f} | {floats:.2f} |")
     (args.out / "cuda-check.json").write_text(json.dumps({"checks": rows, "timings": timings}))
 
 

@@ -103,7 +103,7 @@ def child(kind: str, store_path: str) -> dict:
     x = query_batch()
     base = rss_bytes()
     started = time.perf_counter()
-    if kind == "streamed":  # `infer --stream-masks`: the product reads the masks in blocks
+    if kind == "streamed":  # `infer` for one batch, or --stream-masks: masks read in blocks
         bank = MaskBank.from_store(MaskStore.open(store_path), stream=True)
         read = time.perf_counter()  # records and counts only
         task = packed_one_shot(bank, x)
@@ -139,6 +139,14 @@ def run_child(kind: str, store_path: Path, env: dict | None = None) -> dict:
         env=env,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def cold_runs(kind: str, store_path: Path, repeats: int, env: dict | None = None) -> list[dict]:
+    return [run_child(kind, store_path, env) for _ in range(repeats)]
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
 
 
 def timed(function, repeats: int) -> float:
@@ -220,7 +228,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2500, help="masks in the store (k)")
     parser.add_argument("--outputs", type=int, default=500, help="network outputs")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="warm timed repeats (median)")
+    parser.add_argument("--cold-repeats", type=int, default=5, help="fresh processes per path")
     parser.add_argument("--store", type=Path, help="store path (default under benchmarks/out)")
     parser.add_argument("--accuracy", type=Path, help="trained store: print task-id accuracy")
     parser.add_argument("--specs", default="permuted:1..5", help="data specs for --accuracy")
@@ -251,42 +260,45 @@ def main() -> None:
     float_mb = k * mask_bits * 4 / 1e6
     print(f"# masks: {packed_mb:,.1f} MB packed, {float_mb:,.1f} MB as fp32")
 
-    cold_packed = run_child("packed", store_path)
-    cold_numpy = run_child("packed", store_path, {**os.environ, bitkernel.KERNEL_ENV: "0"})
-    cold_float = run_child("float", store_path)
-    cold_streamed = run_child("streamed", store_path)
+    kernel_off = {**os.environ, bitkernel.KERNEL_ENV: "0"}
+    cold = {
+        "streamed": cold_runs("streamed", store_path, args.cold_repeats),
+        "held": cold_runs("packed", store_path, args.cold_repeats),
+        "held, numpy": cold_runs("packed", store_path, args.cold_repeats, kernel_off),
+        "float stack": cold_runs("float", store_path, args.cold_repeats),
+    }
     hot = warm(store_path, args.repeats)
     s = hot["seconds"]
 
-    print("\n| measure | packed (kernel) | packed (numpy) | float stack | float / packed |")
+    base = cold["float stack"]
+    print(
+        f"\ncold = a fresh process per run, median of {args.cold_repeats} (min-max); "
+        "streamed = `infer`'s default for one batch"
+    )
+    print(
+        "\n| cold path | open + load + answer (s) | of which the store read (s) | "
+        "peak memory growth (MB) | float stack / this: time | memory |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, runs in cold.items():
+        seconds, read, peak = (
+            [r[key] for r in runs] for key in ("seconds", "read_seconds", "peak_growth_bytes")
+        )
+        print(
+            f"| {name} | {statistics.median(seconds):.3f} ({min(seconds):.3f}-{max(seconds):.3f}) "
+            f"| {statistics.median(read):.3f} | {statistics.median(peak) / 1e6:,.0f} | "
+            f"{median_of(base, 'seconds') / statistics.median(seconds):.1f}x | "
+            f"1/{median_of(base, 'peak_growth_bytes') / statistics.median(peak):.0f} |"
+        )
+    print("\n| warm | packed (kernel) | packed (numpy) | float stack | float / packed |")
     print("|---|---|---|---|---|")
     print(
-        f"| cold: open + load + answer (s) | {cold_packed['seconds']:.3f} | "
-        f"{cold_numpy['seconds']:.3f} | {cold_float['seconds']:.3f} | "
-        f"{cold_float['seconds'] / cold_packed['seconds']:.1f}x |"
-    )
-    print(
-        f"| cold: of which the store read (s) | {cold_packed['read_seconds']:.3f} | "
-        f"{cold_numpy['read_seconds']:.3f} | {cold_float['read_seconds']:.3f} | |"
-    )
-    print(
-        f"| cold: build + answer after the read (s) | {cold_packed['after_read_seconds']:.3f} | "
-        f"{cold_numpy['after_read_seconds']:.3f} | {cold_float['after_read_seconds']:.3f} | "
-        f"{cold_float['after_read_seconds'] / cold_packed['after_read_seconds']:.1f}x |"
-    )
-    print(
-        f"| cold: peak memory growth (MB) | {cold_packed['peak_growth_bytes'] / 1e6:,.0f} | "
-        f"{cold_numpy['peak_growth_bytes'] / 1e6:,.0f} | "
-        f"{cold_float['peak_growth_bytes'] / 1e6:,.0f} | "
-        f"{cold_float['peak_growth_bytes'] / cold_packed['peak_growth_bytes']:.1f}x |"
-    )
-    print(
-        f"| warm: one-shot query (ms) | {s['one_shot_packed'] * 1e3:.1f} | "
+        f"| one-shot query (ms) | {s['one_shot_packed'] * 1e3:.1f} | "
         f"{s['one_shot_packed_numpy'] * 1e3:.1f} | {s['one_shot_float'] * 1e3:.1f} | "
         f"{s['one_shot_float'] / s['one_shot_packed']:.2f}x |"
     )
     print(
-        f"| warm: packed product alone (ms) | {s['product_kernel'] * 1e3:.1f} | "
+        f"| packed product alone (ms) | {s['product_kernel'] * 1e3:.1f} | "
         f"{s['product_numpy'] * 1e3:.1f} | | |"
     )
     print(
@@ -295,13 +307,7 @@ def main() -> None:
         f"numpy {s['product_numpy'] / s['memcpy_packed']:.2f}x"
     )
     print(f"forward + backward of the superposition alone: {s['forward_backward'] * 1e3:.1f} ms")
-    print(
-        f"streamed masks (`infer --stream-masks`, kernel): cold {cold_streamed['seconds']:.3f} s "
-        f"({cold_float['seconds'] / cold_streamed['seconds']:.1f}x faster than the float stack), "
-        f"peak memory growth {cold_streamed['peak_growth_bytes'] / 1e6:,.0f} MB "
-        f"(1/{cold_float['peak_growth_bytes'] / cold_streamed['peak_growth_bytes']:.0f} of it)"
-    )
-    tasks = {cold_packed["task"], cold_numpy["task"], cold_float["task"], cold_streamed["task"]}
+    tasks = {r["task"] for runs in cold.values() for r in runs}
     print(f"same task from every path: {len(tasks) == 1 and hot['same_task']}")
 
 

@@ -408,7 +408,7 @@ class TaskRecord:
 
 
 def mask_checksum(packed: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(packed, dtype=np.uint8).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(packed, dtype=np.uint8)).hexdigest()
 
 
 def _is_int(value: Any) -> bool:
