@@ -17,11 +17,13 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from supsup_cli import bits
 from supsup_cli.bits import unpack_torch
 from supsup_cli.data import embedded_source, load_task, pixel_permutation
 from supsup_cli.nets import NetConfig
@@ -197,7 +199,8 @@ def cuda_ms(function, repeats: int = 10) -> float:
 
 
 def gpu_timings(tasks: int, outputs: int) -> list[tuple[str, float, float]]:
-    """One-shot on packed masks vs the float stack, both on the GPU: ms and peak MB."""
+    """One-shot on packed masks vs the float stack, both on the GPU: ms and peak MB. The packed
+    products run through the fused Triton kernel (the default) and through torch's unpack path."""
     config = NetConfig(arch="lenet-300-100", outputs=outputs, seed=0)
     rng = np.random.default_rng(0)
     packed = rng.integers(0, 256, (tasks, (config.mask_bits + 7) // 8), dtype=np.uint8)
@@ -207,27 +210,92 @@ def gpu_timings(tasks: int, outputs: int) -> list[tuple[str, float, float]]:
     base = memory_mark()
     bank = MaskBank.from_packed(config, packed, [tuple(range(10))] * tasks, device=GPU)
     packed_ms = cuda_ms(lambda: infer_task(bank, x))
-    product_ms = cuda_ms(lambda: bank.products(torch.ones(config.mask_bits, device=GPU)))
+    vector = torch.randn(config.mask_bits, device=GPU)
+    images = torch.randn(config.mask_bits, 128, device=GPU)
+    product_ms = cuda_ms(lambda: bank.products(vector))
+    product_128_ms = cuda_ms(lambda: bank.products(images))
     packed_peak = peak_mb(base)
     answer = infer_task(bank, x).task
+    fused = bank.products(vector)
+    with unfused():
+        unfused_ms = cuda_ms(lambda: bank.products(vector))
+        unfused_128_ms = cuda_ms(lambda: bank.products(images))
+        agree = torch.allclose(fused, bank.products(vector), rtol=1e-4, atol=1e-2)
+    sweep = block_sweep(bank.packed_on_device, vector, config.mask_bits) if GPU == "cuda" else ""
     bank = None  # free the GPU copy before measuring the float stack
     base = memory_mark()
     started = time.perf_counter()
     stack = unpack_torch(torch.from_numpy(packed).to(GPU), config.mask_bits).float()
     synchronize()
     build_ms = (time.perf_counter() - started) * 1000
-    vector = torch.ones(config.mask_bits, device=GPU)
     stack_ms = cuda_ms(lambda: stack @ vector)
+    stack_128_ms = cuda_ms(lambda: stack @ images)
     stack_peak = peak_mb(base)
     copy = torch.from_numpy(packed).to(GPU)
     copy_ms = cuda_ms(lambda: copy.clone())
     results.append(("one-shot query, packed masks (ms)", packed_ms, float("nan")))
-    results.append(("packed product alone / float-stack matvec (ms)", product_ms, stack_ms))
+    results.append(
+        ("product with a vector: fused kernel / float-stack matvec (ms)", product_ms, stack_ms)
+    )
+    results.append(("product with a vector: torch unpack path (ms)", unfused_ms, float("nan")))
+    results.append(
+        (
+            "product with 128 columns (per image): fused / float stack (ms)",
+            product_128_ms,
+            stack_128_ms,
+        )
+    )
+    results.append(
+        ("product with 128 columns: torch unpack path (ms)", unfused_128_ms, float("nan"))
+    )
     results.append(("building the float stack on the GPU (ms)", float("nan"), build_ms))
     results.append(("device copy of the packed bytes (ms)", copy_ms, float("nan")))
     results.append(("peak GPU memory growth (MB)", packed_peak, stack_peak))
     results.append((f"answer of the packed query: task {answer}", float("nan"), float("nan")))
+    results.append((f"fused product equals the unpack path: {agree}", float("nan"), float("nan")))
+    print(sweep)
     return results
+
+
+@contextmanager
+def unfused():
+    """Products through torch's unpack path instead of the fused kernel."""
+    bits.fused_gpu_kernel.cache_clear()
+    os.environ["SUPSUP_KERNEL"] = "0"
+    try:
+        yield
+    finally:
+        os.environ["SUPSUP_KERNEL"] = "1"
+        bits.fused_gpu_kernel.cache_clear()
+
+
+def block_sweep(packed: torch.Tensor, vector: torch.Tensor, mask_bits: int) -> str:
+    """ms of the fused vector product for other block shapes than triton_bitkernel's."""
+    from supsup_cli import triton_bitkernel as kernel
+
+    lines = ["| rows per program | bytes per step | ms |", "|---|---|---|"]
+    rows, nbytes = packed.shape
+    for block_rows in (8, 16, 32, 64):
+        for block_bytes in (64, 128, 256):
+            out = torch.zeros((rows, 1), device=GPU)
+
+            def run(r=block_rows, b=block_bytes, out=out):
+                kernel._products[((rows + r - 1) // r, 1)](
+                    packed,
+                    vector,
+                    out,
+                    rows,
+                    nbytes,
+                    mask_bits,
+                    nbytes,
+                    1,
+                    1,
+                    BLOCK_ROWS=r,
+                    BLOCK_BYTES=b,
+                )
+
+            lines.append(f"| {block_rows} | {block_bytes} | {cuda_ms(run):.3f} |")
+    return "\n" + "\n".join(lines)
 
 
 class Checks(list):

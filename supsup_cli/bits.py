@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from types import ModuleType
 from typing import Final
 
 import numpy as np
@@ -121,8 +123,24 @@ def _torch_block_bits(packed: torch.Tensor) -> int:
     return GPU_PRODUCT_BLOCK_BITS if packed.is_cuda else PRODUCT_BLOCK_BITS
 
 
+@functools.cache
+def fused_gpu_kernel() -> ModuleType | None:
+    """triton_bitkernel, when Triton imports and SUPSUP_KERNEL is not 0 (imported at first use:
+    Triton takes a moment to load, and CPU-only runs never need it)."""
+    if not bitkernel.enabled():
+        return None
+    try:
+        from . import triton_bitkernel
+    except ImportError:
+        return None
+    return triton_bitkernel
+
+
 def packed_matmul_torch(packed: torch.Tensor, matrix: torch.Tensor, mask_bits: int) -> torch.Tensor:
-    """packed_matmul on the tensors' device (the CUDA path): (k, B) x (D,) or (D, m)."""
+    """packed_matmul on the tensors' device (the CUDA path): (k, B) x (D,) or (D, m). On a GPU
+    with Triton, one fused kernel; otherwise blocks unpacked to floats and multiplied."""
+    if packed.is_cuda and (fused := fused_gpu_kernel()) is not None:
+        return fused.matmul(packed, matrix, mask_bits)
     rows, nbytes = packed.shape
     out = torch.zeros((rows, *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
     block_rows, block_bytes = _block_plan(rows, nbytes, _torch_block_bits(packed))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +15,7 @@ from hypothesis import strategies as st
 
 from supsup_cli import bitkernel
 from supsup_cli.bits import (
+    fused_gpu_kernel,
     pack_mask,
     packed_bytes,
     packed_matmul,
@@ -156,3 +162,47 @@ def test_kernel_build_failures_fall_back(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))
     assert bitkernel.build(("-O1",)) is None  # no compiler
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left behind
+
+
+FUSED_GPU_CHECK = """
+import json, numpy as np, torch
+from supsup_cli import triton_bitkernel
+rng = np.random.default_rng(7)
+errors = []
+for rows, mask_bits, columns in [(37, 157, 0), (1, 8, 0), (20, 1000, 3), (0, 50, 0), (3, 1, 2),
+                                 (17, 2051, 1), (4, 40, 0)]:
+    bits = rng.integers(0, 2, (rows, mask_bits)).astype(bool)
+    packed = np.packbits(bits, axis=1)
+    matrix = rng.standard_normal((mask_bits, columns) if columns else mask_bits).astype(np.float32)
+    got = triton_bitkernel.matmul(torch.from_numpy(packed), torch.from_numpy(matrix), mask_bits)
+    want = bits.astype(np.float64) @ matrix.astype(np.float64)
+    same_shape = tuple(got.shape) == want.shape and got.dtype == torch.float32
+    errors.append(float(np.abs(got.numpy() - want).max(initial=0)) if same_shape else None)
+print(json.dumps(errors))
+"""
+
+
+def test_fused_gpu_kernel_equals_float_product() -> None:
+    """The Triton kernel of the CUDA path, run by Triton's interpreter on the CPU (CI has no
+    GPU): the float product for D not a multiple of 8, k = 0 and 1, vectors and matrices."""
+    pytest.importorskip("triton")  # ships with PyTorch's CUDA wheels; without it torch's path runs
+    done = subprocess.run(
+        [sys.executable, "-c", FUSED_GPU_CHECK],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(errors) == 7 and all(e is not None and e < 1e-3 for e in errors), errors
+
+
+def test_fused_gpu_kernel_is_off_with_the_kernel_switch(monkeypatch) -> None:
+    fused_gpu_kernel.cache_clear()
+    monkeypatch.setenv(bitkernel.KERNEL_ENV, "0")
+    try:
+        assert fused_gpu_kernel() is None
+    finally:
+        fused_gpu_kernel.cache_clear()
