@@ -138,8 +138,9 @@ def fused_gpu_kernel() -> ModuleType | None:
 
 def packed_matmul_torch(packed: torch.Tensor, matrix: torch.Tensor, mask_bits: int) -> torch.Tensor:
     """packed_matmul on the tensors' device (the CUDA path): (k, B) x (D,) or (D, m). On a GPU
-    with Triton, one fused kernel; otherwise blocks unpacked to floats and multiplied."""
-    if packed.is_cuda and (fused := fused_gpu_kernel()) is not None:
+    with Triton and few columns, one fused kernel; otherwise blocks unpacked and multiplied."""
+    columns = 1 if matrix.ndim == 1 else matrix.shape[1]
+    if packed.is_cuda and (fused := fused_gpu_kernel()) and columns <= fused.MAX_COLUMNS:
         return fused.matmul(packed, matrix, mask_bits)
     rows, nbytes = packed.shape
     out = torch.zeros((rows, *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
