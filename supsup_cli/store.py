@@ -15,6 +15,7 @@ import signal
 import tempfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -315,21 +316,7 @@ class MaskStore:
 
     def read_packed(self, indices: Sequence[int] | None = None) -> np.ndarray:
         """Packed masks (n, ceil(D/8)) of the given tasks (all by default), checksums checked."""
-        indices = list(range(self.task_count)) if indices is None else list(indices)
-        for index in indices:
-            self._check_index(index)
-        dropped = sorted(set(indices) & set(self.dropped_tasks()))
-        if dropped:
-            raise StoreError(
-                f"{self.path}: the masks of task(s) {dropped} were dropped by "
-                "`hopfield-encode --drop-masks`; only Hopfield recovery can use them"
-            )
-        rows = self._rows(indices)
-        if self._records is not None and self._records[0] is self.header:
-            records = [self._records[1][i] for i in indices]  # already read by tasks()
-        else:  # only the wanted ones: O(n), not O(k)
-            raw = self._read_rows("records", rows)
-            records = self._decode(raw, indices)
+        indices, rows, records = self._wanted(indices)
         threads = max(1, torch.get_num_threads())
         with ThreadPoolExecutor(threads) as hashers:  # hashlib lets go of the GIL: all cores
             checks: list[Future] = []
@@ -347,6 +334,26 @@ class MaskStore:
                 done.result()
         return packed
 
+    def _wanted(
+        self, indices: Sequence[int] | None
+    ) -> tuple[list[int], np.ndarray, list[TaskRecord]]:
+        """The tasks whose masks a read asks for, checked: their rows and records."""
+        indices = list(range(self.task_count)) if indices is None else list(indices)
+        for index in indices:
+            self._check_index(index)
+        dropped = sorted(set(indices) & set(self.dropped_tasks()))
+        if dropped:
+            raise StoreError(
+                f"{self.path}: the masks of task(s) {dropped} were dropped by "
+                "`hopfield-encode --drop-masks`; only Hopfield recovery can use them"
+            )
+        rows = self._rows(indices)
+        if self._records is not None and self._records[0] is self.header:
+            records = [self._records[1][i] for i in indices]  # already read by tasks()
+        else:  # only the wanted ones: O(n), not O(k)
+            records = self._decode(self._read_rows("records", rows), indices)
+        return indices, rows, records
+
     def _check_masks(
         self, packed: np.ndarray, indices: list[int], records: list[TaskRecord]
     ) -> None:
@@ -362,14 +369,29 @@ class MaskStore:
         if per_block >= chunk:  # whole chunks per block: none is read twice
             per_block = per_block // chunk * chunk
         blocks = [indices[start : start + per_block] for start in range(0, len(indices), per_block)]
-        with ThreadPoolExecutor(1) as reader:  # the next block is read while this one is used
-            pending = reader.submit(self.read_packed, blocks[0]) if blocks else None
-            for following in blocks[1:]:
-                block = pending.result()
-                pending = reader.submit(self.read_packed, following)
-                yield block
-            if pending is not None:
-                yield pending.result()
+
+        def unchecked(block: list[int]) -> tuple[np.ndarray, list[int], list[TaskRecord]]:
+            wanted, rows, records = self._wanted(block)
+            return self._mask_rows(rows), wanted, records
+
+        # Three stages on three threads: block i + 2 is read while block i + 1 is checked and
+        # block i is with the caller.
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as checker:
+            reads = deque(reader.submit(unchecked, block) for block in blocks[:2])
+            upcoming = iter(blocks[2:])
+            checks: deque[tuple[np.ndarray, Future]] = deque()
+            while reads or checks:
+                if reads:
+                    packed, wanted, records = reads.popleft().result()
+                    checks.append(
+                        (packed, checker.submit(self._check_masks, packed, wanted, records))
+                    )
+                    if (following := next(upcoming, None)) is not None:
+                        reads.append(reader.submit(unchecked, following))
+                if len(checks) > 1 or not reads:
+                    packed, check = checks.popleft()
+                    check.result()
+                    yield packed
 
     def read_mask(self, index: int) -> np.ndarray:
         """One task's mask as flat bool bits (D,), checksum checked."""
