@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +172,26 @@ def test_masks_are_streamed_by_default_only_for_one_pass(
     )
     assert result.exit_code == 0, result.output
     assert asked == [streamed] and len(lines(result.output)) == 6
+
+
+def test_a_reader_that_leaves_early_stops_infer_quietly(permuted_store, tmp_path) -> None:
+    """`supsup infer S many.npy | head -1`: the closed pipe ends the command with SIGPIPE's
+    shell status (141) and nothing on stderr, as shell tools do; no 'error: Broken pipe'."""
+    np.save(tmp_path / "many.npy", np.concatenate([permuted_digits(1, 100)] * 20))  # 2,000
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "supsup_cli",
+            "infer",
+            str(permuted_store),
+            str(tmp_path / "many.npy"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = child.stdout.readline()
+    child.stdout.close()  # the reader leaves; later lines (> one pipe buffer) cannot be written
+    stderr = child.stderr.read()
+    assert child.wait(timeout=300) == 141, stderr
+    assert json.loads(first)["file"].endswith("many.npy[0]") and stderr == b""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -78,6 +80,9 @@ def command(
         def guarded(*args: Any, **kw: Any) -> Any:
             try:
                 return function(*args, **kw)
+            except BrokenPipeError:  # the reader left (`| head`): stop quietly, as shell tools do
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+                raise typer.Exit(128 + signal.SIGPIPE) from None
             except (SupsupError, OSError) as error:
                 if _state["debug"]:
                     traceback.print_exc()
