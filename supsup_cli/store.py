@@ -61,6 +61,7 @@ MAX_ROWS: Final = MAX_TASKS + 2  # rows of a per-task array: every task, a repla
 VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during the check
 READ_SLAB_BYTES: Final = 1 << 22  # rows read per zarr call: bounds the transient chunk buffers
 SlabHook = Callable[[int, np.ndarray], None]  # (first row, rows just read)
+MAX_CHECK_THREADS: Final = 8  # sha256 runs at ~2 GB/s a core: more would outrun the reads
 # New stores keep this many bytes of rows per chunk of masks, records and task_stats: a store of
 # thousands of tasks is a few hundred files, not one per row (an append rewrites one chunk).
 ROW_CHUNK_BYTES: Final = 1 << 22
@@ -317,7 +318,7 @@ class MaskStore:
     def read_packed(self, indices: Sequence[int] | None = None) -> np.ndarray:
         """Packed masks (n, ceil(D/8)) of the given tasks (all by default), checksums checked."""
         indices, rows, records = self._wanted(indices)
-        threads = max(1, torch.get_num_threads())
+        threads = max(1, min(MAX_CHECK_THREADS, torch.get_num_threads()))
         with ThreadPoolExecutor(threads) as hashers:  # hashlib lets go of the GIL: all cores
             checks: list[Future] = []
 
