@@ -11,6 +11,7 @@ from typing import Final, TextIO
 
 import numpy as np
 import torch
+from numpy.lib import format as npy
 
 from .data import normalise
 from .errors import InputError
@@ -119,6 +120,9 @@ def _read_image(path: Path) -> np.ndarray:
 def _read_array(path: Path) -> np.ndarray:
     """(n, 28, 28) or (n, 784): uint8 0..255, or float in [0, 1]; never unpickled."""
     try:
+        with open(path, "rb") as handle:
+            if handle.read(len(npy.MAGIC_PREFIX)) != npy.MAGIC_PREFIX:  # else numpy tries pickle
+                raise InputError(f"{path}: not a .npy array file (no NumPy header)")
         # mmap first: a header that claims more data than the file holds is refused by the
         # mapping, before anything of its claimed size is allocated
         array = np.array(np.load(path, allow_pickle=False, mmap_mode="r"))

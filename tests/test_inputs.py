@@ -76,6 +76,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
         "float range": tmp_path / "range.npy",
         "int dtype": tmp_path / "ints.npy",
         "pickled": tmp_path / "objects.npy",
+        "bad npy header": tmp_path / "header.npy",
         "not an image": tmp_path / "notes.txt",
         "missing": tmp_path / "gone.png",
     }
@@ -84,6 +85,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     np.save(bad["float range"], np.full((1, 28, 28), 255.0, dtype=np.float32))
     np.save(bad["int dtype"], np.zeros((1, 28, 28), dtype=np.int64))
     bad["pickled"].write_bytes(pickle.dumps([1, 2]))
+    bad["bad npy header"].write_bytes(b"\x93NUMPY garbage")
     bad["not an image"].write_text("hello")
     return bad
 
@@ -95,7 +97,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
         ("wrong shape", r"expected an array of shape \(n, 28, 28\)"),
         ("float range", r"finite values in \[0, 1\]"),
         ("int dtype", "uint8 or float"),
-        ("pickled", "cannot read the array"),
+        ("pickled", r"not a \.npy array file \(no NumPy header\)"),  # no advice to unpickle
+        ("bad npy header", "cannot read the array"),
         ("not an image", "not a PNG, JPEG or .npy"),
         ("missing", "no such file"),
     ],
