@@ -201,6 +201,8 @@ def test_help_explains_every_option() -> None:
         (["train-task"], "error: Missing argument 'store'. (see supsup train-task --help)"),
         (["bogus"], "error: No such command 'bogus'. (see supsup --help)"),
         (["info", "s.zarr", "--nope"], "error: No such option: --nope (see supsup info --help)"),
+        (["masks", "export", "s.zarr", "--json=1"],  # click gives no context here
+         "error: Option '--json' does not take a value. (see supsup masks export --help)"),
     ],
 )  # fmt: skip
 def test_a_bad_command_line_is_one_line_and_exit_2(argv: list[str], message: str) -> None:

@@ -2,6 +2,7 @@
 
 import sys
 
+import typer
 from rich.markup import escape
 
 from . import (  # noqa: F401  (importing a module registers its commands)
@@ -22,6 +23,22 @@ def _kinds(error: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(error).__mro__}
 
 
+def _command_path(error: Exception, argv: list[str]) -> str:
+    """The command a usage error belongs to: from its context, or (for errors raised without one,
+    such as a flag given a value) the command words at the front of the command line."""
+    if getattr(error, "ctx", None) is not None:
+        return error.ctx.command_path
+    words, command = ["supsup"], typer.main.get_command(app)
+    for word in argv:
+        if word.startswith("-"):
+            continue
+        command = getattr(command, "commands", {}).get(word)
+        if command is None:
+            break
+        words.append(word)
+    return " ".join(words)
+
+
 def main() -> None:
     """Run the app; a bad command line (unknown option, value out of range, missing argument)
     is one line on stderr and exit code 2, like every other error."""
@@ -33,7 +50,7 @@ def main() -> None:
             error.ctx.get_help()  # typer renders it (rich) on the terminal
             sys.exit(2)
         if "UsageError" in kinds:
-            where = error.ctx.command_path if error.ctx is not None else "supsup"
+            where = _command_path(error, sys.argv[1:])
             message = " ".join(error.format_message().split())
             console.print(
                 f"[bold red]error:[/] {escape(message)} (see {where} --help)", soft_wrap=True
