@@ -61,6 +61,7 @@ MAX_ROWS: Final = MAX_TASKS + 2  # rows of a per-task array: every task, a repla
 VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during the check
 READ_SLAB_BYTES: Final = 1 << 22  # rows read per zarr call: bounds the transient chunk buffers
 SlabHook = Callable[[int, np.ndarray], None]  # (first row, rows just read)
+ROW_CHUNKED_ARRAYS: Final = ("masks", "records", "task_stats")  # chunks of header.row_chunk rows
 MAX_CHECK_THREADS: Final = 8  # sha256 runs at ~2 GB/s a core: more would outrun the reads
 # New stores keep this many bytes of rows per chunk of masks, records and task_stats: a store of
 # thousands of tasks is a few hundred files, not one per row (an append rewrites one chunk).
@@ -969,6 +970,51 @@ class MaskStore:
             array[...] = framed
         self._commit_header(replace(self.header, packed=state))
 
+    def copy_to(self, target: str | Path) -> MaskStore:
+        """This store, whole, at a new path or URL, in the current layout: masks, records and
+        task_stats in chunks of default_row_chunk rows (stores from before `row_chunk` read
+        several times faster afterwards). The source is locked while it is read; the header is
+        written last, and the copy is verified before it is returned."""
+        target = storage.normalise(target)
+        with _write_lock(self.path):
+            source = MaskStore.open(self.path)
+            rows = default_row_chunk(source.net)
+            header = replace(source.header, row_chunk=rows)
+            with _write_lock(target):
+                if MaskStore.exists(target):
+                    raise StoreError(f"{target}: already exists; choose a new path")
+                _clear_interrupted_creation(target)
+                dest = zarr.create_group(_zarr_store(target, True), attributes={CREATING_KEY: True})
+                for name, member in source._members():
+                    if isinstance(member, zarr.Group):
+                        dest.create_group(name, attributes=member.attrs.asdict())
+                        continue
+                    layout = None
+                    if name in ROW_CHUNKED_ARRAYS:
+                        compressors = member.compressors
+                        if name == "masks":
+                            compressors = MASK_COMPRESSOR if rows > 1 else None
+                        layout = ((rows, member.shape[1]), compressors)
+                    _copy_array(member, dest, name, skip_data=False, layout=layout)
+                others = {
+                    key: value
+                    for key, value in source._group.attrs.asdict().items()
+                    if key not in (ATTRIBUTE_KEY, CREATING_KEY)
+                }
+                storage.confirm_lock(target)
+                dest.attrs.put(others | {ATTRIBUTE_KEY: header.to_attrs()})
+        copy = MaskStore.open(target)
+        problems = copy.verify()
+        if problems:
+            raise StoreError(f"{target}: the copy does not verify: {'; '.join(problems[:3])}")
+        return copy
+
+    def _members(self) -> list[tuple[str, zarr.Array | zarr.Group]]:
+        """Every array and group of the store, parents first."""
+        with warnings.catch_warnings():  # the lock file is no Zarr node: zarr warns
+            warnings.filterwarnings("ignore", "Object at .* is not recognized")
+            return sorted(self._group.members(max_depth=None), key=lambda m: m[0].count("/"))
+
     def _copy_packed(
         self, target: str, state: PackedState, framed: np.ndarray, by_row: list[np.ndarray | None]
     ) -> None:
@@ -979,10 +1025,7 @@ class MaskStore:
                 raise StoreError(f"{target}: already exists; choose a new --out path")
             _clear_interrupted_creation(target)
             dest = zarr.create_group(_zarr_store(target, True), attributes={CREATING_KEY: True})
-            with warnings.catch_warnings():  # the lock file is no Zarr node: zarr warns
-                warnings.filterwarnings("ignore", "Object at .* is not recognized")
-                members = sorted(self._group.members(max_depth=None), key=lambda m: m[0].count("/"))
-            for name, member in members:
+            for name, member in self._members():
                 if isinstance(member, zarr.Group):
                     dest.create_group(name, attributes=member.attrs.asdict())
                 elif name != PACKED_ARRAY:
@@ -1109,7 +1152,7 @@ class MaskStore:
     def _write_task_rows(
         self, index: int, packed: np.ndarray, record: TaskRecord, stats: np.ndarray | None = None
     ) -> None:
-        for name in ("masks", "records", "task_stats"):
+        for name in ROW_CHUNKED_ARRAYS:
             if name in self._arrays and self._arrays[name].shape[0] <= index:
                 self._arrays[name].resize((index + 1, self._arrays[name].shape[1]))
         if self.header.packed is not None and index < self.header.packed.rows:
@@ -1322,15 +1365,23 @@ def _checked_extra(
     return _checked_codecs(array, name, group)
 
 
-def _copy_array(array: zarr.Array, dest: zarr.Group, name: str, skip_data: bool) -> None:
-    """Copy one array's metadata, and its data in slabs of whole chunks (about 64 MiB each)."""
+def _copy_array(
+    array: zarr.Array,
+    dest: zarr.Group,
+    name: str,
+    skip_data: bool,
+    layout: tuple[tuple[int, ...], Any] | None = None,
+) -> None:
+    """Copy one array's metadata, and its data in slabs of whole chunks (about 64 MiB each);
+    `layout` = (chunks, compressors) for the copy instead of the source's."""
+    chunks, compressors = layout or (array.chunks, array.compressors)
     copy = dest.create_array(
         name,
         shape=array.shape,
-        chunks=array.chunks,
+        chunks=chunks,
         dtype=array.dtype,
         fill_value=array.fill_value,
-        compressors=array.compressors,
+        compressors=compressors,
         attributes=array.attrs.asdict(),
     )
     if skip_data or array.size == 0:
@@ -1338,8 +1389,8 @@ def _copy_array(array: zarr.Array, dest: zarr.Group, name: str, skip_data: bool)
     if array.ndim == 0:
         copy[...] = array[...]
         return
-    chunk_bytes = math.prod(array.chunks) * array.dtype.itemsize
-    step = array.chunks[0] * max(1, (1 << 26) // max(1, chunk_bytes))
+    rows = math.lcm(array.chunks[0], chunks[0])  # whole chunks of the source and of the copy
+    step = rows * max(1, (1 << 26) // max(1, rows * math.prod(chunks[1:]) * array.dtype.itemsize))
     for start in range(0, array.shape[0], step):
         copy[start : start + step] = array[start : start + step]
 

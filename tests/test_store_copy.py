@@ -1,0 +1,103 @@
+"""`supsup copy`: a store, whole, at a new path, in the current many-rows-per-chunk layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_store import NET, append
+from typer.testing import CliRunner
+
+from supsup_cli import store as store_module
+from supsup_cli.cli import app
+from supsup_cli.errors import StoreError
+from supsup_cli.store import MaskStore
+from supsup_cli.train import CreationOptions, TrainConfig, train_task
+
+runner = CliRunner()
+
+
+def cli(*argv: str) -> dict:
+    result = runner.invoke(app, [*argv, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_one_row_store_is_copied_into_many_rows_per_chunk(tmp_path: Path, monkeypatch) -> None:
+    """A store from before `row_chunk` (one row per chunk, no such header key): the copy keeps
+    every task, record, count, score sum and log row, in chunks of default_row_chunk rows."""
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "default_row_chunk", lambda net: 1)
+        old = MaskStore.create(tmp_path / "old.zarr", NET, "sign", None)
+        for seed in range(5):
+            append(old, seed, f"permuted:{seed + 1}")
+        old.append_log([{"event": "note", "batch": 3}])
+    old = MaskStore.open(old.path)
+    assert old.header.row_chunk == 1
+
+    copy = old.copy_to(tmp_path / "new.zarr")
+    rows = store_module.default_row_chunk(NET)
+    assert rows > 1 and copy.header.row_chunk == rows
+    assert copy._arrays["masks"].chunks == (rows, copy.header.mask_bytes)
+    assert copy._arrays["records"].chunks[0] == rows
+    assert copy.tasks() == old.tasks()
+    np.testing.assert_array_equal(copy.read_packed(), old.read_packed())
+    np.testing.assert_array_equal(copy.mask_counts(), old.mask_counts())
+    np.testing.assert_array_equal(copy.score_mean(), old.score_mean())
+    assert copy.read_log() == old.read_log() and len(copy.read_log()) == 1
+    assert copy.verify() == [] and old.verify() == []
+    append(copy, 9)  # the copy grows like any new store
+    assert MaskStore.open(copy.path).task_count == 6 and MaskStore.open(copy.path).verify() == []
+
+
+def test_hopfield_packed_and_task_stats_survive_the_copy(tmp_path: Path) -> None:
+    """bn-2048-2048 (per-task statistics: a third row-chunked array), Hopfield-encoded and packed
+    in place, then copied through the CLI: the same answers from both."""
+    source = tmp_path / "s.zarr"
+    for spec in ("split:0", "split:1"):
+        train_task(
+            source,
+            spec,
+            CreationOptions(arch="bn-2048-2048", mask_rule="sign"),
+            TrainConfig(lr=0.1, batches=10, optimizer="sgd"),
+        )
+    for argv in (["hopfield-encode", str(source)], ["pack", str(source)]):
+        assert runner.invoke(app, [*argv, "--quiet"]).exit_code == 0
+    summary = cli("copy", str(source), str(tmp_path / "c.zarr"))
+    assert summary["tasks"] == 2 and summary["copy"] == str(tmp_path / "c.zarr")
+
+    def answers(store: Path) -> list:
+        info = cli("info", str(store))
+        for key in ("store", "stored_bytes"):
+            info.pop(key)
+        hopfield = cli("infer", str(store), "--method", "hopfield", "--data", "split:0..1",
+                       "--trials", "2", "--quiet")  # fmt: skip
+        oneshot = cli("infer", str(store), "--data", "split:0..1", "--trials", "2", "-q")
+        return [info, hopfield["specs"], oneshot["specs"]]
+
+    assert answers(tmp_path / "c.zarr") == answers(source)
+    assert answers(source)[0]["hopfield"] is not None
+    copied = MaskStore.open(tmp_path / "c.zarr")
+    assert copied.header.packed is not None and copied._arrays["task_stats"].chunks[0] > 1
+    np.testing.assert_array_equal(
+        copied.read_task_stats(1).numpy(), MaskStore.open(source).read_task_stats(1).numpy()
+    )
+    assert runner.invoke(app, ["verify", str(tmp_path / "c.zarr")]).exit_code == 0
+
+
+def test_a_copy_onto_a_store_or_from_nothing_is_refused(permuted_store: Path, tmp_path: Path):
+    taken = tmp_path / "taken.zarr"
+    shutil.copytree(permuted_store, taken)
+    before = sorted(p.name for p in taken.rglob("*"))
+    result = runner.invoke(app, ["copy", str(permuted_store), str(taken)])
+    assert result.exit_code == 2 and "already exists" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in taken.rglob("*")) == before
+    result = runner.invoke(app, ["copy", str(tmp_path / "none.zarr"), str(tmp_path / "x.zarr")])
+    assert result.exit_code == 2 and "no such store" in result.stderr
+    assert not (tmp_path / "x.zarr").exists()
+    with pytest.raises(StoreError, match="already exists"):
+        MaskStore.open(permuted_store).copy_to(taken)
