@@ -186,3 +186,19 @@ def test_writing_without_a_lock_strategy_is_refused() -> None:
     result = cli("init", "memory://nowhere.zarr")
     assert result.exit_code == 2
     assert "writing needs a lock" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_local_store_is_copied_to_s3_and_back(s3: str, permuted_store: Path, tmp_path: Path):
+    """`supsup copy` between a folder and an object store, both ways: same tasks and answers."""
+    url = f"{s3}/copied.zarr"
+    assert cli("copy", str(permuted_store), url, "--json").exit_code == 0
+    back = tmp_path / "back.zarr"
+    assert cli("copy", url, str(back)).exit_code == 0
+    local, remote = MaskStore.open(permuted_store), MaskStore.open(url)
+    assert remote.tasks() == local.tasks() == MaskStore.open(back).tasks()
+    np.testing.assert_array_equal(remote.read_packed(), local.read_packed())
+    answers = [
+        json.loads(cli("infer", s, "--data", "permuted:1..3", "--trials", "2", "--json").stdout)
+        for s in (str(permuted_store), url, str(back))
+    ]
+    assert answers[0]["specs"] == answers[1]["specs"] == answers[2]["specs"]
