@@ -973,11 +973,14 @@ class MaskStore:
     def copy_to(self, target: str | Path) -> MaskStore:
         """This store, whole, at a new path or URL, in the current layout: masks, records and
         task_stats in chunks of default_row_chunk rows (stores from before `row_chunk` read
-        several times faster afterwards). The source is locked while it is read; the header is
-        written last, and the copy is verified before it is returned."""
+        several times faster afterwards). The source is verified and locked while it is read;
+        the header is written last, and the copy is verified before it is returned."""
         target = storage.normalise(target)
         with _write_lock(self.path):
             source = MaskStore.open(self.path)
+            problems = source.verify()
+            if problems:  # a copy would carry the damage on under a new name
+                raise StoreError(f"{self.path}: does not verify, not copied: {problems[0]}")
             rows = default_row_chunk(source.net)
             header = replace(source.header, row_chunk=rows)
             with _write_lock(target):

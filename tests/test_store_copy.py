@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from test_store import NET, append
 from typer.testing import CliRunner
 
@@ -101,3 +102,16 @@ def test_a_copy_onto_a_store_or_from_nothing_is_refused(permuted_store: Path, tm
     assert not (tmp_path / "x.zarr").exists()
     with pytest.raises(StoreError, match="already exists"):
         MaskStore.open(permuted_store).copy_to(taken)
+
+
+def test_a_damaged_store_is_not_copied(permuted_store: Path, tmp_path: Path) -> None:
+    source = tmp_path / "s.zarr"
+    shutil.copytree(permuted_store, source)
+    group = zarr.open_group(str(source), mode="r+")
+    row = group["masks"][1]
+    row[3] ^= 1
+    group["masks"][1] = row
+    result = runner.invoke(app, ["copy", str(source), str(tmp_path / "c.zarr")])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "does not verify, not copied" in result.stderr and "task 1" in result.stderr
+    assert not (tmp_path / "c.zarr").exists()
