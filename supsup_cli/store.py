@@ -976,6 +976,7 @@ class MaskStore:
         several times faster afterwards). The source is verified and locked while it is read;
         the header is written last, and the copy is verified before it is returned."""
         target = storage.normalise(target)
+        self._check_copy_target(target)
         with _write_lock(self.path):
             source = MaskStore.open(self.path)
             problems = source.verify()
@@ -1011,6 +1012,18 @@ class MaskStore:
         if problems:
             raise StoreError(f"{target}: the copy does not verify: {'; '.join(problems[:3])}")
         return copy
+
+    def _check_copy_target(self, target: str) -> None:
+        """Refused before any lock is taken: a store (this one too: its lock would wait on
+        itself), a file, or a folder inside this store."""
+        if MaskStore.exists(target):
+            raise StoreError(f"{target}: a store already exists here; choose a new path")
+        if storage.is_file(target):
+            raise StoreError(f"{target}: already exists and is not a directory")
+        if not storage.is_url(target) and not storage.is_url(self.path):
+            inside = Path(target).resolve().is_relative_to(Path(self.path).resolve())
+            if inside:
+                raise StoreError(f"{target}: is inside the store being copied")
 
     def _members(self) -> list[tuple[str, zarr.Array | zarr.Group]]:
         """Every array and group of the store, parents first."""

@@ -47,6 +47,11 @@ CASES: list[tuple[str, list[str], str]] = [
         "not empty",
     ),
     ("init-over-a-store", ["init", "{store}"], "already exists"),
+    ("copy-missing-store", ["copy", "{new}", "{in}/copy.zarr"], "no such store"),
+    ("copy-onto-itself", ["copy", "{store}", "{store}"], "already exists"),
+    ("copy-into-a-file", ["copy", "{store}", "{in}/notes.txt"], "not a directory"),
+    ("copy-into-itself", ["copy", "{store}", "{store}/inner.zarr"], "inside the store"),
+    ("copy-into-a-full-folder", ["copy", "{store}", "{in}/texts"], "not empty"),
     # images and arrays for infer
     ("infer-missing-source", ["infer", "{store}", "{in}/nowhere"], "no such file"),
     ("infer-empty-folder", ["infer", "{store}", "{in}/empty"], "no PNG or JPEG"),
@@ -260,7 +265,7 @@ def test_bad_input_is_one_clear_line(
     new = tmp_path / "new.zarr"
     names = {"{store}": str(store), "{new}": str(new), "{in}": str(places["in"])}
     args = [names.get(arg, arg) for arg in argv]
-    args = [arg.replace("{in}", str(places["in"])) for arg in args]
+    args = [arg.replace("{in}", str(places["in"])).replace("{store}", str(store)) for arg in args]
     before = sorted(p.relative_to(store) for p in store.rglob("*") if p.name != ".supsup.lock")
     result = runner.invoke(app, args, input="")
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
