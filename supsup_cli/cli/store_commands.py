@@ -348,10 +348,12 @@ def copy_store(
     ],
     json_out: JsonOpt = False,
 ) -> None:
-    """Copy a store whole (tasks, records, Hopfield state, packed blobs, log) into the current
-    layout, many rows per chunk: stores made before it read several times faster afterwards.
-    Also moves a store between folders and object stores. The source is locked while it is
-    read (writers wait), and the copy is verified before the command succeeds."""
+    """Copy a store whole to a new folder or URL, in the current layout.
+
+    Everything is copied (tasks, records, Hopfield state, packed blobs, log) into the current
+    layout of many rows per chunk: stores made before it read several times faster afterwards.
+    Also moves a store between folders and object stores. The source is verified and locked
+    while it is read (writers wait); the copy is verified before the command succeeds."""
     source = MaskStore.open(store)
     before = source.header.row_chunk
     written = source.copy_to(target)
