@@ -970,11 +970,14 @@ class MaskStore:
             array[...] = framed
         self._commit_header(replace(self.header, packed=state))
 
-    def copy_to(self, target: str | Path) -> MaskStore:
+    def copy_to(
+        self, target: str | Path, progress: Callable[[int, int], None] | None = None
+    ) -> MaskStore:
         """This store, whole, at a new path or URL, in the current layout: masks, records and
         task_stats in chunks of default_row_chunk rows (stores from before `row_chunk` read
         several times faster afterwards). The source is verified and locked while it is read;
-        the header is written last, and the copy is verified before it is returned."""
+        the header is written last, and the copy is verified before it is returned.
+        `progress(bytes copied, bytes in all)` is called as the arrays are copied."""
         target = storage.normalise(target)
         self._check_copy_target(target)
         with _write_lock(self.path):
@@ -989,7 +992,17 @@ class MaskStore:
                     raise StoreError(f"{target}: already exists; choose a new path")
                 _clear_interrupted_creation(target)
                 dest = zarr.create_group(_zarr_store(target, True), attributes={CREATING_KEY: True})
-                for name, member in source._members():
+                members = source._members()
+                total = sum(m.nbytes for _, m in members if isinstance(m, zarr.Array))
+                copied = 0
+
+                def advance(nbytes: int) -> None:
+                    nonlocal copied
+                    copied += nbytes
+                    if progress is not None:
+                        progress(copied, total)
+
+                for name, member in members:
                     if isinstance(member, zarr.Group):
                         dest.create_group(name, attributes=member.attrs.asdict())
                         continue
@@ -999,7 +1012,7 @@ class MaskStore:
                         if name == "masks":
                             compressors = MASK_COMPRESSOR if rows > 1 else None
                         layout = ((rows, member.shape[1]), compressors)
-                    _copy_array(member, dest, name, skip_data=False, layout=layout)
+                    _copy_array(member, dest, name, False, layout, advance)
                 others = {
                     key: value
                     for key, value in source._group.attrs.asdict().items()
@@ -1387,9 +1400,11 @@ def _copy_array(
     name: str,
     skip_data: bool,
     layout: tuple[tuple[int, ...], Any] | None = None,
+    copied: Callable[[int], None] = lambda nbytes: None,
 ) -> None:
     """Copy one array's metadata, and its data in slabs of whole chunks (about 64 MiB each);
-    `layout` = (chunks, compressors) for the copy instead of the source's."""
+    `layout` = (chunks, compressors) for the copy instead of the source's; `copied(bytes)`
+    after each slab."""
     chunks, compressors = layout or (array.chunks, array.compressors)
     copy = dest.create_array(
         name,
@@ -1404,11 +1419,14 @@ def _copy_array(
         return
     if array.ndim == 0:
         copy[...] = array[...]
+        copied(array.nbytes)
         return
     rows = math.lcm(array.chunks[0], chunks[0])  # whole chunks of the source and of the copy
     step = rows * max(1, (1 << 26) // max(1, rows * math.prod(chunks[1:]) * array.dtype.itemsize))
     for start in range(0, array.shape[0], step):
-        copy[start : start + step] = array[start : start + step]
+        slab = array[start : start + step]
+        copy[start : start + step] = slab
+        copied(slab.nbytes)
 
 
 def _encode_log_row(row: dict[str, Any]) -> np.ndarray:

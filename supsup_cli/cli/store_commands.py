@@ -346,6 +346,7 @@ def copy_store(
             show_default=False,
         ),
     ],
+    quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Copy a store whole to a new folder or URL, in the current layout.
@@ -356,7 +357,12 @@ def copy_store(
     while it is read (writers wait); the copy is verified before the command succeeds."""
     source = MaskStore.open(store)
     before = source.header.row_chunk
-    written = source.copy_to(target)
+    with progress_bar("copying (%)", 100, quiet) as advance:
+
+        def show(done: int, total: int) -> None:
+            advance(done * 100 // max(1, total), f"{done / 1e6:,.0f} of {total / 1e6:,.0f} MB")
+
+        written = source.copy_to(target, show)
     summary = {
         "store": str(store),
         "copy": written.path,
