@@ -988,10 +988,7 @@ class MaskStore:
             rows = default_row_chunk(source.net)
             header = replace(source.header, row_chunk=rows)
             with _write_lock(target):
-                if MaskStore.exists(target):
-                    raise StoreError(f"{target}: already exists; choose a new path")
-                _clear_interrupted_creation(target)
-                dest = zarr.create_group(_zarr_store(target, True), attributes={CREATING_KEY: True})
+                dest = _new_group_for_copy(target)
                 members = source._members()
                 total = sum(m.nbytes for _, m in members if isinstance(m, zarr.Array))
                 copied = 0
@@ -1013,13 +1010,7 @@ class MaskStore:
                             compressors = MASK_COMPRESSOR if rows > 1 else None
                         layout = ((rows, member.shape[1]), compressors)
                     _copy_array(member, dest, name, False, layout, advance)
-                others = {
-                    key: value
-                    for key, value in source._group.attrs.asdict().items()
-                    if key not in (ATTRIBUTE_KEY, CREATING_KEY)
-                }
-                storage.confirm_lock(target)
-                dest.attrs.put(others | {ATTRIBUTE_KEY: header.to_attrs()})
+                source._commit_copy(dest, target, header)
         copy = MaskStore.open(target)
         problems = copy.verify()
         if problems:
@@ -1050,10 +1041,7 @@ class MaskStore:
         """A new store at `target`: every array of this one (raw rows restored, or dropped), the
         blobs, then the header last, as creation does (an interrupted copy is no store)."""
         with _write_lock(target):
-            if MaskStore.exists(target):
-                raise StoreError(f"{target}: already exists; choose a new --out path")
-            _clear_interrupted_creation(target)
-            dest = zarr.create_group(_zarr_store(target, True), attributes={CREATING_KEY: True})
+            dest = _new_group_for_copy(target)
             for name, member in self._members():
                 if isinstance(member, zarr.Group):
                     dest.create_group(name, attributes=member.attrs.asdict())
@@ -1085,13 +1073,18 @@ class MaskStore:
                 fill_value=0,
                 compressors=PACKED_COMPRESSOR,
             )[...] = framed
-            others = {
-                key: value
-                for key, value in self._group.attrs.asdict().items()
-                if key not in (ATTRIBUTE_KEY, CREATING_KEY)
-            }
-            storage.confirm_lock(target)
-            dest.attrs.put(others | {ATTRIBUTE_KEY: header.to_attrs()})
+            self._commit_copy(dest, target, header)
+
+    def _commit_copy(self, dest: zarr.Group, target: str, header: StoreHeader) -> None:
+        """Last step of a copy: this store's other attributes and the copy's header (until
+        then the copy is no store)."""
+        others = {
+            key: value
+            for key, value in self._group.attrs.asdict().items()
+            if key not in (ATTRIBUTE_KEY, CREATING_KEY)
+        }
+        storage.confirm_lock(target)
+        dest.attrs.put(others | {ATTRIBUTE_KEY: header.to_attrs()})
 
     def append_log(self, rows: Sequence[dict[str, Any]], expect: StoreHeader | None = None) -> None:
         """Append audit log rows (JSON objects) in one commit."""
@@ -1392,6 +1385,14 @@ def _checked_extra(
     if tuple(array.chunks) != chunks:
         raise StoreError(f"array '{name}' has chunks {array.chunks}, expected {chunks}")
     return _checked_codecs(array, name, group)
+
+
+def _new_group_for_copy(target: str) -> zarr.Group:
+    """Under the target's lock: a new group marked as being created, where no store is."""
+    if MaskStore.exists(target):
+        raise StoreError(f"{target}: already exists; choose a new path")
+    _clear_interrupted_creation(target)
+    return zarr.create_group(_zarr_store(target, True), attributes={CREATING_KEY: True})
 
 
 def _copy_array(

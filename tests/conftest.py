@@ -18,10 +18,16 @@ from supsup_cli.train import CreationOptions, TrainConfig, train_task  # noqa: E
 QUICK_BATCHES = 250
 
 
-def build_store(path: Path, specs: list[str], batches: int = QUICK_BATCHES, **creation) -> Path:
-    """Train one quick task per spec into a new store at `path`."""
+def build_store(
+    path: Path,
+    specs: list[str],
+    batches: int = QUICK_BATCHES,
+    train: TrainConfig | None = None,
+    **creation,
+) -> Path:
+    """Train one quick task per spec into a new store at `path` (`train` overrides `batches`)."""
     for spec in specs:
-        train_task(path, spec, CreationOptions(**creation), TrainConfig(batches=batches))
+        train_task(path, spec, CreationOptions(**creation), train or TrainConfig(batches=batches))
     return path
 
 
@@ -31,3 +37,17 @@ def permuted_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy it (shutil.copytree) before writing."""
     path = tmp_path_factory.mktemp("stores") / "permuted.zarr"
     return build_store(path, [f"permuted:{i}" for i in (1, 2, 3)])
+
+
+@pytest.fixture(scope="session")
+def split_bn_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bn-2048-2048 (masks on BatchNorm channels, per-task statistics), split:0 and split:1,
+    sign rule, SGD, 10 batches each: the masks only need to differ and to beat chance. Do not
+    modify: copy it first."""
+    return build_store(
+        tmp_path_factory.mktemp("stores") / "split-bn.zarr",
+        ["split:0", "split:1"],
+        train=TrainConfig(lr=0.1, batches=10, optimizer="sgd"),
+        arch="bn-2048-2048",
+        mask_rule="sign",
+    )

@@ -38,7 +38,6 @@ from supsup_cli.hopfield import (
 from supsup_cli.nets import ARCHITECTURES, MaskedBNMLP, NetConfig
 from supsup_cli.store import MaskStore
 from supsup_cli.taskid import MaskBank
-from supsup_cli.train import CreationOptions, TrainConfig, train_task
 
 runner = CliRunner()
 TINY = "bn-test-32-32"
@@ -356,24 +355,11 @@ def test_recovery_config_and_batches_are_checked(tmp_path: Path) -> None:
 
 
 # -- the real network, trained -----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def permuted_bn_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bn-2048-2048, split:0 and split:1, sign rule, SGD; few batches (the masks only need to
-    differ and to beat chance)."""
-    path = tmp_path_factory.mktemp("hop") / "bn.zarr"
-    for spec in ("split:0", "split:1"):
-        train_task(
-            path,
-            spec,
-            CreationOptions(arch="bn-2048-2048", mask_rule="sign"),
-            TrainConfig(lr=0.1, batches=10, optimizer="sgd"),
-        )
-    return path
 
 
-def test_cli_encode_info_infer_on_the_real_network(permuted_bn_store: Path, tmp_path: Path) -> None:
+def test_cli_encode_info_infer_on_the_real_network(split_bn_store: Path, tmp_path: Path) -> None:
     path = tmp_path / "c.zarr"
-    shutil.copytree(permuted_bn_store, path)
+    shutil.copytree(split_bn_store, path)
     result = runner.invoke(app, ["hopfield-encode", str(path), "--tasks", "0-1", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
@@ -413,9 +399,9 @@ def test_cli_encode_info_infer_on_the_real_network(permuted_bn_store: Path, tmp_
     assert summary["steps"] == 3 and 0 <= summary["class_accuracy"] <= 1
 
 
-def test_cli_drop_masks_then_infer_images(permuted_bn_store: Path, tmp_path: Path) -> None:
+def test_cli_drop_masks_then_infer_images(split_bn_store: Path, tmp_path: Path) -> None:
     path = tmp_path / "d.zarr"
-    shutil.copytree(permuted_bn_store, path)
+    shutil.copytree(split_bn_store, path)
     result = runner.invoke(app, ["hopfield-encode", str(path), "--drop-masks"])
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["verify", str(path)]).exit_code == 0

@@ -16,7 +16,6 @@ from supsup_cli import store as store_module
 from supsup_cli.cli import app
 from supsup_cli.errors import StoreError
 from supsup_cli.store import MaskStore
-from supsup_cli.train import CreationOptions, TrainConfig, train_task
 
 runner = CliRunner()
 
@@ -54,17 +53,12 @@ def test_a_one_row_store_is_copied_into_many_rows_per_chunk(tmp_path: Path, monk
     assert MaskStore.open(copy.path).task_count == 6 and MaskStore.open(copy.path).verify() == []
 
 
-def test_hopfield_packed_and_task_stats_survive_the_copy(tmp_path: Path) -> None:
+def test_hopfield_packed_and_task_stats_survive_the_copy(
+    split_bn_store: Path, tmp_path: Path
+) -> None:
     """bn-2048-2048 (per-task statistics: a third row-chunked array), Hopfield-encoded and packed
     in place, then copied through the CLI: the same answers from both."""
-    source = tmp_path / "s.zarr"
-    for spec in ("split:0", "split:1"):
-        train_task(
-            source,
-            spec,
-            CreationOptions(arch="bn-2048-2048", mask_rule="sign"),
-            TrainConfig(lr=0.1, batches=10, optimizer="sgd"),
-        )
+    source = Path(shutil.copytree(split_bn_store, tmp_path / "s.zarr"))
     for argv in (["hopfield-encode", str(source)], ["pack", str(source)]):
         assert runner.invoke(app, [*argv, "--quiet"]).exit_code == 0
     summary = cli("copy", str(source), str(tmp_path / "c.zarr"))
