@@ -39,6 +39,7 @@ READERS: dict[str, list[str]] = {
     "masks-overlap": "masks overlap {store} --json".split(),
     "masks-export": "masks export {store} --task 0 --out {store}-0.npz".split(),
     "plot": "plot {store} --out {store}-figures --quiet --json".split(),
+    "copy": "copy {store} {store}-copy.zarr --quiet --json".split(),
 }
 WRITERS: dict[str, list[str]] = {
     "train-task": "train-task {store} --data permuted:4 --batches 2 --quiet --json".split(),

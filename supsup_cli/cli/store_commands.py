@@ -368,12 +368,12 @@ def copy_store(
         "copy": written.path,
         "tasks": written.task_count,
         "rows_per_chunk": {"before": before, "after": written.header.row_chunk},
-        "bytes": written.stored_bytes(),
+        "stored_bytes": written.stored_bytes(),
     }
     if json_out:
         emit_json(summary)
     else:
         typer.echo(
             f"copied {written.task_count} task(s) to {written.path}: {written.header.row_chunk} "
-            f"row(s) per chunk (was {before}), {summary['bytes']:,} bytes; verified"
+            f"row(s) per chunk (was {before}), {summary['stored_bytes']:,} bytes; verified"
         )
