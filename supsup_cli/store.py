@@ -85,6 +85,7 @@ FAULT_STEPS: Final = (
     "before-commit",
     "committed",
 )
+COPY_FAULT_STEP: Final = "copy-arrays"  # a copy's arrays are written, its header is not
 HOPFIELD_GROUP: Final = "hopfield"
 PACKED_ARRAY: Final = "packed"
 SUPERSEDED: Final = 1 << 31  # flag in the length word: the raw row was rewritten after packing
@@ -1010,6 +1011,7 @@ class MaskStore:
                             compressors = MASK_COMPRESSOR if rows > 1 else None
                         layout = ((rows, member.shape[1]), compressors)
                     _copy_array(member, dest, name, False, layout, advance)
+                _fault_point(COPY_FAULT_STEP)
                 source._commit_copy(dest, target, header)
         copy = MaskStore.open(target)
         problems = copy.verify()

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from supsup_cli.nets import NetConfig
-from supsup_cli.store import FAULT_ENV, FAULT_STEPS, MaskStore, _write_lock
+from supsup_cli.store import COPY_FAULT_STEP, FAULT_ENV, FAULT_STEPS, MaskStore, _write_lock
 
 CREATION_STEPS = [s for s in FAULT_STEPS if s.startswith("create-")]
 APPEND_STEPS = [s for s in FAULT_STEPS if not s.startswith("create-")]
@@ -183,3 +183,18 @@ def test_append_killed_inside_each_file_write(two_task_store: Path, rename: int)
     append_random_task(two_task_store, 4)  # and the next writer clears it
     assert not list(two_task_store.rglob("*.partial"))
     assert_sound(two_task_store, {count + 1})
+
+
+def test_a_copy_killed_before_its_header_is_no_store(two_task_store: Path, tmp_path: Path):
+    """`supsup copy` killed after writing the arrays: the source is untouched and unlocked, the
+    target is no store, and the next copy to the same path clears the leftovers and succeeds."""
+    target = tmp_path / "copy.zarr"
+    command = [sys.executable, "-m", "supsup_cli", "copy", str(two_task_store), str(target)]
+    done = subprocess.run(
+        command, env={**os.environ, FAULT_ENV: COPY_FAULT_STEP}, capture_output=True, timeout=300
+    )
+    assert done.returncode == -signal.SIGKILL and (target / "masks").exists()
+    assert not MaskStore.exists(target)
+    assert_sound(two_task_store, {2})
+    copy = MaskStore.open(two_task_store).copy_to(target)
+    assert copy.tasks() == MaskStore.open(two_task_store).tasks() and copy.verify() == []
