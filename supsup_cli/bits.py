@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from types import ModuleType
 from typing import Final
 
@@ -123,6 +124,9 @@ def _torch_block_bits(packed: torch.Tensor) -> int:
     return GPU_PRODUCT_BLOCK_BITS if packed.is_cuda else PRODUCT_BLOCK_BITS
 
 
+_fused_failed = False  # set once the fused kernel raised in this process
+
+
 @functools.cache
 def fused_gpu_kernel() -> ModuleType | None:
     """triton_bitkernel, when Triton imports and SUPSUP_KERNEL is not 0 (imported at first use:
@@ -139,9 +143,16 @@ def fused_gpu_kernel() -> ModuleType | None:
 def packed_matmul_torch(packed: torch.Tensor, matrix: torch.Tensor, mask_bits: int) -> torch.Tensor:
     """packed_matmul on the tensors' device (the CUDA path): (k, B) x (D,) or (D, m). On a GPU
     with Triton and few columns, one fused kernel; otherwise blocks unpacked and multiplied."""
+    global _fused_failed  # one GPU the kernel cannot run on: the unpack path from then on
     columns = 1 if matrix.ndim == 1 else matrix.shape[1]
-    if packed.is_cuda and (fused := fused_gpu_kernel()) and columns <= fused.MAX_COLUMNS:
-        return fused.matmul(packed, matrix, mask_bits)
+    fused = fused_gpu_kernel() if packed.is_cuda and not _fused_failed else None
+    if fused is not None and columns <= fused.MAX_COLUMNS:
+        try:
+            return fused.matmul(packed, matrix, mask_bits)
+        except Exception as error:  # Triton cannot build or run it here (an older GPU, say)
+            _fused_failed = True
+            message = f"the fused GPU kernel failed ({error}); products unpack masks instead"
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
     rows, nbytes = packed.shape
     out = torch.zeros((rows, *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
     block_rows, block_bytes = _block_plan(rows, nbytes, _torch_block_bits(packed))

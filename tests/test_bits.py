@@ -206,3 +206,30 @@ def test_fused_gpu_kernel_is_off_with_the_kernel_switch(monkeypatch) -> None:
         assert fused_gpu_kernel() is None
     finally:
         fused_gpu_kernel.cache_clear()
+
+
+def test_a_fused_kernel_that_fails_leaves_the_unpack_path(monkeypatch) -> None:
+    """On a GPU Triton cannot build for, the first product warns once and every product is
+    still right, through the unpack path. (CPU tensors stand in for CUDA ones here.)"""
+    calls = []
+
+    class Broken:
+        MAX_COLUMNS = 8
+
+        @staticmethod
+        def matmul(*args: object) -> None:
+            calls.append(args)
+            raise RuntimeError("no kernel image is available for this device")
+
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr("supsup_cli.bits.fused_gpu_kernel", lambda: Broken)
+    monkeypatch.setattr("supsup_cli.bits._fused_failed", False)
+    packed, floats = _float_masks(5, 83, 0)
+    vector = np.random.default_rng(1).standard_normal(83).astype(np.float32)
+    expected = floats.astype(np.float64) @ vector
+    with pytest.warns(RuntimeWarning, match="no kernel image"):
+        got = packed_matmul_torch(torch.from_numpy(packed), torch.from_numpy(vector), 83)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
+    again = packed_matmul_torch(torch.from_numpy(packed), torch.from_numpy(vector), 83)
+    np.testing.assert_allclose(again.numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert len(calls) == 1
