@@ -1008,7 +1008,7 @@ class MaskStore:
                     if name in ROW_CHUNKED_ARRAYS:
                         compressors = member.compressors
                         if name == "masks":
-                            compressors = MASK_COMPRESSOR if rows > 1 else None
+                            compressors = _mask_compressors(rows)
                         layout = ((rows, member.shape[1]), compressors)
                     _copy_array(member, dest, name, False, layout, advance)
                 _fault_point(COPY_FAULT_STEP)
@@ -1272,6 +1272,11 @@ def _foreign_or_unfinished(path: str) -> list[str]:
     return leftovers
 
 
+def _mask_compressors(row_chunk: int) -> tuple[zarr.abc.codec.BytesBytesCodec, ...]:
+    """zstd for chunks of many masks (the last chunk's unused rows cost no disk), none for one."""
+    return (MASK_COMPRESSOR,) if row_chunk > 1 else ()
+
+
 def default_row_chunk(net: NetConfig) -> int:
     """Rows per chunk for a new store: about ROW_CHUNK_BYTES of its widest per-task row."""
     widest = max(packed_bytes(net.mask_bits), RECORD_BYTES, 4 * net.stats_size)
@@ -1288,7 +1293,7 @@ def _initialise(path: str, header: StoreHeader) -> None:
         shape=(0, nbytes),
         chunks=(rows, nbytes),
         dtype="uint8",
-        compressors=MASK_COMPRESSOR if rows > 1 else None,
+        compressors=_mask_compressors(rows),
     )
     group.create_array(
         "records",

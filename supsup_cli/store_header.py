@@ -387,7 +387,7 @@ class TaskRecord:
         if (
             not isinstance(classes, list)
             or not classes
-            or not all(type(c) is int for c in classes)  # JSON ints only: no bools
+            or not all(_is_int(c) for c in classes)
             or not 0 <= min(classes) <= max(classes) < header.net.outputs
         ):
             problems.append(f"'classes' must be a non-empty list of outputs < {header.net.outputs}")
