@@ -61,6 +61,9 @@ def test_info_eval_verify(store_copy: Path) -> None:
     assert [t["data"] for t in info["tasks"]] == ["permuted:1", "permuted:2", "permuted:3"]
     human = run("info", store_copy)
     assert human.exit_code == 0 and "permuted:3" in human.stdout and "33,275" in human.stdout
+    # Piped output keeps each line whole (rich would fold at 80 columns): scripts grep it.
+    network_line = next(line for line in human.stdout.splitlines() if line.startswith("network"))
+    assert len(network_line) > 80 and network_line.endswith("bytes per task")
     by_index = json.loads(
         run("eval", store_copy, "--data", "permuted:2", "--task", "1", "--json").stdout
     )

@@ -110,7 +110,7 @@ def test_skip_bad_goes_on_and_reports(permuted_store, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ([], "give either images"),
+        ([], "nothing to infer"),
         (["IMAGES", "--data", "permuted:1"], "give either images"),
         (["--data", "permuted:1", "--method", "guess"], "valid: one-shot, binary, exhaustive"),
         (["--data", "permuted:1", "--objective", "G"], "superfluous outputs"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Final
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -38,6 +37,7 @@ from .app import (
     progress_bar,
     resolve_device,
     say,
+    stdout_console,
 )
 
 BUDGET_EXIT: Final = 3  # the budget of masks stopped the run (documented in the help)
@@ -207,7 +207,7 @@ def _announce(row: AuditRow, quiet: bool) -> None:
 
 
 def _summary(outcome: StreamOutcome) -> None:
-    out = Console(highlight=False)
+    out = stdout_console()
     new = len(outcome.allocated)
     out.print(
         f"[bold]{escape(outcome.store)}[/]: {len(outcome.segments)} segments, "

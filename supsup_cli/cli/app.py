@@ -32,6 +32,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True, highlight=False)
+# Widest table rendered when stdout is no terminal (rich would fold lines at 80 columns there,
+# which breaks `grep` and `cut` in scripts); tables keep their natural width below it.
+PIPE_WIDTH = 1000
+
+
+def stdout_console() -> Console:
+    """Human-readable results on stdout: the terminal's width, or unfolded lines in a pipe."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+
+
 _state = {"debug": False}
 
 StoreArg = Annotated[  # a str, not a Path: Path would fold the '//' of 's3://bucket/store.zarr'

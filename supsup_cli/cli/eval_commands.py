@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..evaluation import SCENARIOS, EvalReport, EvalSettings, evaluate_store, parse_counts
 from ..taskid import METHODS, OBJECTIVES
-from .app import emit_json, progress_bar, resolve_device
+from .app import emit_json, progress_bar, resolve_device, stdout_console
 
 MAX_TABLE_ROWS = 50
 
@@ -123,7 +122,7 @@ def checkpoints_option(text: str | None) -> tuple[int, ...]:
 
 def render(report: EvalReport) -> None:
     """The human view: a per-task table (when short) and the summary."""
-    out = Console(highlight=False)
+    out = stdout_console()
     summary, settings = report.summary(), report.settings
     final = report.final
     gnu = settings["scenario"] == "GNu"

@@ -115,7 +115,9 @@ def infer(
 ) -> None:
     """Infer the task of unlabelled images (JSON lines: file, task, class, confidence) or score
     task inference on labelled data specs."""
-    if (source is None) == (data is None):
+    if source is None and data is None:
+        raise ConfigError("nothing to infer: give images (a folder, file or '-') or --data SPECS")
+    if source is not None and data is not None:
         raise ConfigError("give either images (a folder, file or '-') or --data, not both")
     if per not in PER_MODES:
         raise ConfigError(f"unknown --per {per!r}; valid: {', '.join(PER_MODES)}")

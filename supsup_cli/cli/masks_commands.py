@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import ConfigError
 from ..mask_algebra import MERGE_RULES, mask_overlap, merge_tasks
 from ..mask_algebra import export_task as export_subnetwork
 from ..store import MaskStore
-from .app import JsonOpt, StoreArg, app, command, emit_json, say
+from .app import JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
 
 masks = typer.Typer(
     name="masks",
@@ -83,7 +82,7 @@ def overlap(
         table = Table("Jaccard", *map(str, result.tasks), box=None)
         for i, a in enumerate(result.tasks):
             table.add_row(str(a), *(f"{v:.3f}" for v in jaccard[i]))
-        out = Console(highlight=False)
+        out = stdout_console()
         out.print(table)
         say(
             f"{result.mask_bits:,} mask bits; Hamming distances with --csv or --json; "

@@ -6,12 +6,11 @@ import statistics
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..pack import AUTO, CODECS, DEFAULT_CODEC
 from ..store import MaskStore
-from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar
+from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, stdout_console
 
 REFERENCE_FP32_BITS = 32  # the reference implementation stacks fp32 masks
 
@@ -90,7 +89,7 @@ def pack_command(
             f"{t.bits_per_weight / t.bound - 1:+.2%}" if t.bound else "-",
             f"{t.blob_bytes:,}",
         )
-    out_console = Console(highlight=False)
+    out_console = stdout_console()
     out_console.print(table)
     out_console.print(
         f"packed {len(tasks)} task(s) into {report.path} with {report.codec} in "

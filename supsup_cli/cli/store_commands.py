@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -28,6 +27,7 @@ from .app import (
     progress_bar,
     resolve_device,
     say,
+    stdout_console,
 )
 from .eval_commands import (
     BatchOpt,
@@ -282,7 +282,7 @@ def info(
     if json_out:
         emit_json(summary)
         return
-    out = Console(highlight=False)
+    out = stdout_console()
     net = opened.net
     out.print(
         f"[bold]{escape(store)}[/]: supsup store v{header.version}, {header.task_count} task(s), "
