@@ -11,6 +11,7 @@ Writers hold a lock: a kernel file lock for folders, a conditional-write lock ob
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import json
 import os
@@ -264,6 +265,14 @@ def zarr_store(location: str, writable: bool, limits: ReadLimits | None = None) 
 
 
 # -- writers and locks ---------------------------------------------------------------------------
+class ReadOnlyLocation(StoreError):
+    """No writer lock can be taken here: a read-only folder or bucket, or a URL scheme without
+    conditional writes. Readers need no lock; a copy reads such a store without one."""
+
+
+_READ_ONLY_ERRNOS: Final = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 @contextmanager
 def write_lock(location: str, name: str, timeout: float) -> Iterator[None]:
     """Hold the store's one writer lock (the file or object `name` in it) for the block."""
@@ -271,23 +280,30 @@ def write_lock(location: str, name: str, timeout: float) -> Iterator[None]:
         with _object_lock(location, name, timeout):
             yield
         return
-    Path(location).mkdir(parents=True, exist_ok=True)
     lock = FileLock(os.path.join(location, name), timeout=timeout)
     marker = Path(location) / WRITING_MARKER
     try:
-        with lock:  # flock: the kernel releases it when the holder dies, so it is never stale
-            if marker.exists():  # the last holder was killed: clear its half-written files
-                remove_partial_files(location)
-            marker.touch()
-            try:
-                yield
-            finally:  # not reached by a killed writer: its marker stays for the next one
-                marker.unlink(missing_ok=True)
+        Path(location).mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # flock: the kernel releases it when the holder dies, so it is never stale
     except Timeout as error:
         raise StoreError(
             f"{location}: another writer has held the lock for {timeout:.0f} s "
             "(set SUPSUP_LOCK_TIMEOUT to wait longer)"
         ) from error
+    except OSError as error:
+        if error.errno in _READ_ONLY_ERRNOS:
+            raise ReadOnlyLocation(f"{location}: cannot write here ({error.strerror})") from error
+        raise
+    try:
+        if marker.exists():  # the last holder was killed: clear its half-written files
+            remove_partial_files(location)
+        marker.touch()
+        try:
+            yield
+        finally:  # not reached by a killed writer: its marker stays for the next one
+            marker.unlink(missing_ok=True)
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -329,7 +345,7 @@ def _object_lock(location: str, name: str, timeout: float) -> Iterator[None]:
     fs, root = _filesystem(location)
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     if not protocols & set(LOCKING_PROTOCOLS):
-        raise StoreError(
+        raise ReadOnlyLocation(
             f"{location}: writing needs a lock; supported for local folders and "
             f"{', '.join(p + '://' for p in LOCKING_PROTOCOLS)} (reading works for any URL)"
         )
@@ -352,6 +368,8 @@ def _object_lock(location: str, name: str, timeout: float) -> Iterator[None]:
             break
         except FileExistsError:
             pass
+        except PermissionError as error:  # a bucket this account may read but not write
+            raise ReadOnlyLocation(f"{location}: cannot write here ({_one_line(error)})") from error
         etag = _head_etag(held)
         if etag is not None:
             if seen is None or seen[0] != etag:

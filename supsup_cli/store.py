@@ -18,7 +18,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
@@ -107,6 +107,20 @@ def _write_lock(path: str) -> Iterator[None]:
     with storage.write_lock(path, LOCK_NAME, LOCK_TIMEOUT_SECONDS):  # clears a killed one's files
         _fault_point("locked")
         yield
+
+
+@contextmanager
+def _copy_source_lock(path: str) -> Iterator[bool]:
+    """What a copy holds while it reads its source: the writer lock (True), so that no commit
+    lands meanwhile; where none can be taken (a read-only folder or bucket, an http:// URL),
+    nothing (False): the copy then checks before its own commit that no commit landed."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(_write_lock(path))
+            locked = True
+        except storage.ReadOnlyLocation:
+            locked = False
+        yield locked
 
 
 def _fault_point(step: str) -> None:
@@ -912,7 +926,8 @@ class MaskStore:
             raise StoreError(f"{target}: already exists; choose a new --out path")
         if target is None and self.header.packed is not None and self.header.packed.dropped:
             raise ConfigError(f"{self.path}: its raw masks were dropped; pack it to a new --out")
-        with _write_lock(self.path):
+        source_lock = _write_lock(self.path) if target is None else _copy_source_lock(self.path)
+        with source_lock as locked:  # (None in place, where the lock is always held)
             fresh = MaskStore.open(self.path, writable=target is None)
             rows = fresh._rows()
             dropped = set(fresh.dropped_tasks())
@@ -936,7 +951,7 @@ class MaskStore:
             if target is None:
                 fresh._write_packed(state, framed)
             else:
-                fresh._copy_packed(target, state, framed, by_row)
+                fresh._copy_packed(target, state, framed, by_row, source_locked=locked)
         written = MaskStore.open(target or self.path)
         if target is None:
             self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
@@ -981,9 +996,11 @@ class MaskStore:
         `progress(bytes copied, bytes in all)` is called as the arrays are copied."""
         target = storage.normalise(target)
         self._check_copy_target(target)
-        with _write_lock(self.path):
+        with _copy_source_lock(self.path) as locked:
             source = MaskStore.open(self.path)
             problems = source.verify()
+            if problems and not locked:
+                source._check_unchanged(None)  # a commit that landed meanwhile, not damage?
             if problems:  # a copy would carry the damage on under a new name
                 raise StoreError(f"{self.path}: does not verify, not copied: {problems[0]}")
             rows = default_row_chunk(source.net)
@@ -1012,7 +1029,7 @@ class MaskStore:
                         layout = ((rows, member.shape[1]), compressors)
                     _copy_array(member, dest, name, False, layout, advance)
                 _fault_point(COPY_FAULT_STEP)
-                source._commit_copy(dest, target, header)
+                source._commit_copy(dest, target, header, locked)
         copy = MaskStore.open(target)
         problems = copy.verify()
         if problems:
@@ -1038,7 +1055,12 @@ class MaskStore:
             return sorted(self._group.members(max_depth=None), key=lambda m: m[0].count("/"))
 
     def _copy_packed(
-        self, target: str, state: PackedState, framed: np.ndarray, by_row: list[np.ndarray | None]
+        self,
+        target: str,
+        state: PackedState,
+        framed: np.ndarray,
+        by_row: list[np.ndarray | None],
+        source_locked: bool,
     ) -> None:
         """A new store at `target`: every array of this one (raw rows restored, or dropped), the
         blobs, then the header last, as creation does (an interrupted copy is no store)."""
@@ -1075,11 +1097,15 @@ class MaskStore:
                 fill_value=0,
                 compressors=PACKED_COMPRESSOR,
             )[...] = framed
-            self._commit_copy(dest, target, header)
+            self._commit_copy(dest, target, header, source_locked)
 
-    def _commit_copy(self, dest: zarr.Group, target: str, header: StoreHeader) -> None:
+    def _commit_copy(
+        self, dest: zarr.Group, target: str, header: StoreHeader, source_locked: bool
+    ) -> None:
         """Last step of a copy: this store's other attributes and the copy's header (until
-        then the copy is no store)."""
+        then the copy is no store). A source read without its lock must not have moved."""
+        if not source_locked:
+            self._check_unchanged(target)
         others = {
             key: value
             for key, value in self._group.attrs.asdict().items()
@@ -1095,6 +1121,18 @@ class MaskStore:
             fresh._check_expected(expect)
             fresh._commit_header(replace(fresh.header, log_count=fresh._write_log(rows)))
         self.__dict__.update(MaskStore.open(self.path, writable=True).__dict__)
+
+    def _check_unchanged(self, copy_target: str | None) -> None:
+        """For copies read without the source's lock: refuse when a writer committed since this
+        store was opened (what was read may mix two states); the unfinished copy is removed."""
+        if MaskStore.open(self.path).header == self.header:
+            return
+        if copy_target is not None:
+            _clear_interrupted_creation(copy_target)
+        raise StoreChangedError(
+            f"{self.path}: a writer changed the store while it was read for a copy (no lock "
+            "can be taken there); nothing was written; run the copy again"
+        )
 
     def _check_expected(self, expect: StoreHeader | None) -> None:
         if expect is not None and self.header != expect:

@@ -15,6 +15,7 @@ from unittest import mock
 import fsspec
 import numpy as np
 import pytest
+import s3fs
 import torch
 from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
@@ -202,3 +203,34 @@ def test_a_local_store_is_copied_to_s3_and_back(s3: str, permuted_store: Path, t
         for s in (str(permuted_store), url, str(back))
     ]
     assert answers[0]["specs"] == answers[1]["specs"] == answers[2]["specs"]
+
+
+def test_a_bucket_this_account_may_only_read_is_copied(s3: str, permuted_store: Path, tmp_path):
+    """Where the lock object cannot be written (S3 answers Access Denied, which s3fs raises as
+    PermissionError), writers get one line and copies read the store without a lock."""
+    url = f"{s3}/read-only.zarr"
+    assert cli("copy", str(permuted_store), url).exit_code == 0
+    real_sync, real_async = s3fs.S3FileSystem.call_s3, s3fs.S3FileSystem._call_s3
+
+    def refuse(method: str, kwargs: dict) -> None:
+        if method == "put_object" and kwargs.get("Key", "").startswith("read-only.zarr/"):
+            raise PermissionError("Access Denied")
+
+    def denied(self, method, *args, **kwargs):  # the lock object's calls
+        refuse(method, kwargs)
+        return real_sync(self, method, *args, **kwargs)
+
+    async def denied_async(self, method, *args, **kwargs):  # zarr's writes
+        refuse(method, kwargs)
+        return await real_async(self, method, *args, **kwargs)
+
+    with (
+        mock.patch.object(s3fs.S3FileSystem, "call_s3", denied),
+        mock.patch.object(s3fs.S3FileSystem, "_call_s3", denied_async),
+    ):
+        refused = cli("pack", url)
+        assert refused.exit_code == 2 and len(refused.stderr.splitlines()) == 1
+        assert "cannot write here (Access Denied)" in refused.stderr
+        assert cli("copy", url, str(tmp_path / "c.zarr")).exit_code == 0
+    copy = MaskStore.open(tmp_path / "c.zarr")
+    assert copy.tasks() == MaskStore.open(permuted_store).tasks() and copy.verify() == []

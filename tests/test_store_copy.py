@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import zarr
 from test_store import NET, append
 from typer.testing import CliRunner
 
+from supsup_cli import storage
 from supsup_cli import store as store_module
 from supsup_cli.cli import app
-from supsup_cli.errors import StoreError
+from supsup_cli.errors import StoreChangedError, StoreError
 from supsup_cli.store import MaskStore
 
 runner = CliRunner()
@@ -109,3 +112,84 @@ def test_a_damaged_store_is_not_copied(permuted_store: Path, tmp_path: Path) -> 
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "does not verify, not copied" in result.stderr and "task 1" in result.stderr
     assert not (tmp_path / "c.zarr").exists()
+
+
+def _read_only(monkeypatch, folder: Path) -> list[bool]:
+    """Make the lock file of `folder` fail as on a read-only file system (CI cannot mount one);
+    set the returned flag's [0] to False to let a writer in."""
+    state = [True]
+
+    class Lock(storage.FileLock):
+        def acquire(self, *args, **kwargs):
+            if state[0] and Path(self.lock_file).parent == folder:
+                raise OSError(errno.EROFS, "Read-only file system", self.lock_file)
+            return super().acquire(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "FileLock", Lock)
+    return state
+
+
+def test_a_store_that_cannot_be_locked_is_copied_and_packed(
+    permuted_store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A read-only folder takes no writer lock: copy and pack --out read it without one;
+    writers get one line saying why they cannot write."""
+    source = tmp_path / "ro.zarr"
+    shutil.copytree(permuted_store, source)
+    _read_only(monkeypatch, source)
+    copied = cli("copy", str(source), str(tmp_path / "c.zarr"))
+    assert copied["tasks"] == MaskStore.open(source).task_count
+    copy = MaskStore.open(tmp_path / "c.zarr")
+    assert copy.tasks() == MaskStore.open(source).tasks() and copy.verify() == []
+    np.testing.assert_array_equal(copy.read_packed(), MaskStore.open(source).read_packed())
+    packed = runner.invoke(app, ["pack", str(source), "--out", str(tmp_path / "p.zarr")])
+    assert packed.exit_code == 0, packed.output
+    assert MaskStore.open(tmp_path / "p.zarr").verify() == []
+    for argv in (
+        ["pack", str(source)],
+        ["masks", "merge", str(source), "--tasks", "0,1", "--rule", "or"],
+    ):
+        refused = runner.invoke(app, argv)
+        assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
+        assert "cannot write here (Read-only file system)" in refused.stderr
+
+
+def test_a_copy_without_lock_refuses_a_store_that_changed_meanwhile(
+    permuted_store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """No lock, so a writer may commit while the copy reads: that copy is refused and removed,
+    and the next one carries the new task."""
+    source = tmp_path / "ro.zarr"
+    shutil.copytree(permuted_store, source)
+    read_only = _read_only(monkeypatch, source)
+    before = MaskStore.open(source).task_count
+
+    def commit_once(done: int, total: int) -> None:
+        if MaskStore.open(source).task_count == before:
+            read_only[0] = False  # another machine's writer, say
+            append(MaskStore.open(source, writable=True), 7, "permuted:7")
+            read_only[0] = True
+
+    with pytest.raises(StoreChangedError, match="changed the store while it was read"):
+        MaskStore.open(source).copy_to(tmp_path / "c.zarr", commit_once)
+    assert not MaskStore.exists(tmp_path / "c.zarr")
+    assert [p.name for p in (tmp_path / "c.zarr").iterdir()] in ([], [store_module.LOCK_NAME])
+    copy = MaskStore.open(source).copy_to(tmp_path / "c.zarr")
+    assert copy.task_count == before + 1 and copy.verify() == []
+
+
+def test_a_store_behind_a_url_without_locks_is_copied(permuted_store: Path, tmp_path: Path):
+    """memory:// (like http://) has no conditional writes, so no lock: copy and pack --out read
+    it all the same."""
+    memory = fsspec.filesystem("memory")
+    memory.put(str(permuted_store), "/ro-copy-test.zarr", recursive=True)
+    try:
+        url = "memory://ro-copy-test.zarr"
+        copy = MaskStore.open(url).copy_to(tmp_path / "c.zarr")
+        assert copy.tasks() == MaskStore.open(permuted_store).tasks() and copy.verify() == []
+        packed = runner.invoke(app, ["pack", url, "--out", str(tmp_path / "p.zarr")])
+        assert packed.exit_code == 0, packed.output
+        refused = runner.invoke(app, ["pack", url])
+        assert refused.exit_code == 2 and "writing needs a lock" in refused.stderr
+    finally:
+        memory.rm("/ro-copy-test.zarr", recursive=True)

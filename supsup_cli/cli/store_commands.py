@@ -354,7 +354,9 @@ def copy_store(
     Everything is copied (tasks, records, Hopfield state, packed blobs, log) into the current
     layout of many rows per chunk: stores made before it read several times faster afterwards.
     Also moves a store between folders and object stores. The source is verified and locked
-    while it is read (writers wait); the copy is verified before the command succeeds."""
+    while it is read (writers wait); a source that cannot be locked (read-only folder or bucket,
+    http:// URL) is read without the lock and the copy fails if a writer committed meanwhile.
+    The copy is verified before the command succeeds."""
     source = MaskStore.open(store)
     before = source.header.row_chunk
     with progress_bar("copying (%)", 100, quiet) as advance:
