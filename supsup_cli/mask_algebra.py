@@ -1,7 +1,7 @@
 """How masks relate and what they select: overlap between tasks, merged masks, exported subnets.
 
 Overlaps are computed from the bit-packed masks one block of columns at a time (a k x k Gram
-matrix of unpacked blocks), so memory stays near k x BLOCK floats whatever D is.
+matrix of unpacked blocks), so the unpacked floats stay near GRAM_BLOCK_FLOATS whatever k and D.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .supermask import split_flat
 
 MERGE_RULES: Final = ("and", "or", "majority")
 EXPORT_FORMATS: Final = (".pt", ".npz")
-GRAM_BLOCK_BYTES: Final = 1 << 16  # packed bytes per block: k x 512 Ki float32 bits unpacked
+GRAM_BLOCK_FLOATS: Final = 1 << 25  # unpacked float32 bits per block (128 MiB), all k tasks
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,9 @@ def mask_overlap(store: MaskStore, tasks: Sequence[int] | None = None) -> Overla
     packed = store.read_packed(indices)  # (k, B) uint8, checksums checked
     bits = store.header.mask_bits
     shared = np.zeros((len(indices), len(indices)), dtype=np.float64)
-    for start in range(0, packed.shape[1], GRAM_BLOCK_BYTES):
-        stop = min(packed.shape[1], start + GRAM_BLOCK_BYTES)
+    step = max(1, GRAM_BLOCK_FLOATS // (8 * max(1, len(indices))))  # packed bytes per block
+    for start in range(0, packed.shape[1], step):
+        stop = min(packed.shape[1], start + step)
         count = min(8 * stop, bits) - 8 * start
         block = np.unpackbits(packed[:, start:stop], axis=1, count=count, bitorder="big")
         block = block.astype(np.float32)  # (k, b): counts below 2^24 per block stay exact

@@ -56,7 +56,8 @@ def test_overlap_matches_numpy(store: MaskStore, monkeypatch: pytest.MonkeyPatch
     union = bits.sum(1)[:, None] + bits.sum(1)[None, :] - shared
     expected_jaccard = np.where(union > 0, shared / np.maximum(union, 1), 1.0)
     expected_hamming = (bits[:, None, :] != bits[None, :, :]).sum(-1)
-    monkeypatch.setattr(mask_algebra, "GRAM_BLOCK_BYTES", 4099)  # many blocks, a ragged last one
+    # 4,099 packed bytes per block for these 4 tasks: many blocks, a ragged last one
+    monkeypatch.setattr(mask_algebra, "GRAM_BLOCK_FLOATS", 4 * 8 * 4099)
     result = mask_overlap(store)
     assert np.array_equal(result.shared, shared)
     assert np.allclose(result.jaccard, expected_jaccard)
