@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import torch
 import typer
@@ -34,7 +34,7 @@ app = typer.Typer(
 console = Console(stderr=True, highlight=False)
 # Widest table rendered when stdout is no terminal (rich would fold lines at 80 columns there,
 # which breaks `grep` and `cut` in scripts); tables keep their natural width below it.
-PIPE_WIDTH = 1000
+PIPE_WIDTH: Final = 1000
 
 
 def stdout_console() -> Console:
