@@ -118,7 +118,8 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _read_array(path: Path) -> np.ndarray:
-    """(n, 28, 28) or (n, 784): uint8 0..255, or float in [0, 1]; never unpickled."""
+    """(n, 28, 28), (n, 784) or one (28, 28) image: uint8 0..255, or float in [0, 1]; never
+    unpickled."""
     try:
         with open(path, "rb") as handle:
             if handle.read(len(npy.MAGIC_PREFIX)) != npy.MAGIC_PREFIX:  # else numpy tries pickle
@@ -130,6 +131,8 @@ def _read_array(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read the array ({_reason(error)})") from error
     if array.ndim == 2 and array.shape[1] == SIDE * SIDE:
         array = array.reshape(-1, SIDE, SIDE)
+    elif array.shape == (SIDE, SIDE):  # np.save of a single image
+        array = array[None]
     if array.ndim != 3 or array.shape[1:] != (SIDE, SIDE) or array.shape[0] == 0:
         raise InputError(f"{path}: expected an array of shape (n, 28, 28), got {array.shape}")
     if array.dtype == np.uint8:

@@ -58,6 +58,10 @@ def test_npy_arrays_uint8_float_and_flat(tmp_path) -> None:
         got = read_inputs(str(tmp_path / name))
         assert got.names == tuple(f"{tmp_path / name}[{i}]" for i in range(4))
         assert torch.allclose(got.x, normalise(images), atol=1e-5)
+    np.save(tmp_path / "one.npy", images[2])  # a single (28, 28) image
+    one = read_inputs(str(tmp_path / "one.npy"))
+    assert one.names == (f"{tmp_path / 'one.npy'}[0]",)
+    assert torch.allclose(one.x, normalise(images[2:3]), atol=1e-5)
 
 
 def test_paths_from_stdin(tmp_path) -> None:

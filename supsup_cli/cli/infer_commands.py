@@ -49,7 +49,8 @@ def infer(
         str | None,
         typer.Argument(
             help="Unlabelled images: a folder of PNG/JPEG digits, an image, a .npy array "
-            "(n, 28, 28), or '-' to read paths from stdin. Omit it to use --data.",
+            "(n, 28, 28) or one (28, 28) image, or '-' to read paths from stdin. Omit it to use "
+            "--data.",
             show_default=False,
         ),
     ] = None,
