@@ -228,10 +228,8 @@ class MaskBank:
         if self.source is not None:
             parts = [self._block_products(b, matrix) for b in self._stored_blocks(rows)]
             return torch.cat(parts) if parts else torch.zeros((0, *matrix.shape[1:]))
-        if self.packed_on_device is None:
-            packed = self.packed if rows is None else self.packed[rows]
-            result = packed_matmul(packed, matrix.detach().numpy(), self.mask_bits)
-            return torch.from_numpy(result)
+        if self.packed_on_device is None:  # a CPU bank
+            return self._block_products(self.packed if rows is None else self.packed[rows], matrix)
         packed_t = self.packed_on_device
         if rows is not None:
             packed_t = packed_t[torch.as_tensor(rows, device=self.device)]
@@ -282,6 +280,7 @@ class MaskBank:
         return self.source.iter_packed(wanted)
 
     def _block_products(self, block: np.ndarray, matrix: torch.Tensor) -> torch.Tensor:
+        """⟨Mᵢ, matrix⟩ for packed masks in host memory, computed on the bank's device."""
         if self.device.type == "cpu":
             return torch.from_numpy(packed_matmul(block, matrix.detach().numpy(), self.mask_bits))
         packed_t = torch.from_numpy(block).to(self.device)
