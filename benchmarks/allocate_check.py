@@ -23,13 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from supsup_cli.allocate import candidate_count, decide, fresh_scores
-from supsup_cli.bits import pack_mask
-from supsup_cli.data import load_task
-from supsup_cli.nets import NetConfig, build_net
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.format.bits import pack_mask
+from supsup_cli.learn.allocate import candidate_count, decide, fresh_scores
+from supsup_cli.learn.data import load_task
+from supsup_cli.learn.taskid import alpha_gradient, mask_counts_of
+from supsup_cli.model.nets import build_net
+from supsup_cli.model.supermask import ScoreMasks
 from supsup_cli.store import MaskStore
-from supsup_cli.supermask import ScoreMasks
-from supsup_cli.taskid import alpha_gradient, mask_counts_of
 
 NET = NetConfig("lenet-300-100", 100, 0)
 CHECK_EVERY = 100

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from supsup_cli.evaluation import EvalSettings, evaluate_store, store_identity
+from supsup_cli.learn.evaluation import EvalSettings, evaluate_store, store_identity
+from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 from supsup_cli.store import MaskStore
-from supsup_cli.train import CreationOptions, TrainConfig, train_task
 
 MACHINE = "2-core CPU, 24 GiB, no GPU"
 EMBEDDED_NOTE = "embedded 5,000 MNIST digits (4,000 train / 1,000 test); the paper used 60,000"

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from supsup_cli import bits
-from supsup_cli.bits import unpack_torch
-from supsup_cli.data import embedded_source, load_task, pixel_permutation
-from supsup_cli.nets import NetConfig
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.kernels import torch_products as bits
+from supsup_cli.kernels.torch_products import unpack_torch
+from supsup_cli.learn.data import embedded_source, load_task, pixel_permutation
+from supsup_cli.learn.taskid import MaskBank, infer_task
 from supsup_cli.store import MaskStore
-from supsup_cli.taskid import MaskBank, infer_task
 
 # Keys whose values legitimately differ between runs (wall time, where the store lives).
 GPU = "cuda"  # "cpu" for a dry run of the plumbing
@@ -271,7 +271,7 @@ def unfused():
 
 def block_sweep(packed: torch.Tensor, vector: torch.Tensor, mask_bits: int) -> str:
     """ms of the fused vector product for other block shapes than triton_bitkernel's."""
-    from supsup_cli import triton_bitkernel as kernel
+    from supsup_cli.kernels import triton_kernel as kernel
 
     lines = ["| rows per program | bytes per step | ms |", "|---|---|---|"]
     rows, nbytes = packed.shape

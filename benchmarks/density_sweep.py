@@ -18,8 +18,8 @@ import statistics
 import time
 from pathlib import Path
 
+from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 from supsup_cli.store import MaskStore
-from supsup_cli.train import CreationOptions, TrainConfig, train_task
 
 
 def binary_entropy(p: float) -> float:

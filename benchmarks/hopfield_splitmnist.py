@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from supsup_cli.bits import pack_mask
-from supsup_cli.data import load_task
-from supsup_cli.hopfield import (
+from supsup_cli.format.bits import pack_mask
+from supsup_cli.format.header import mask_checksum
+from supsup_cli.learn.data import load_task
+from supsup_cli.learn.hopfield import (
     DEFAULT_STARTS,
     HopfieldMemory,
     RecoveryConfig,
@@ -37,10 +38,9 @@ from supsup_cli.hopfield import (
     recover_mask,
     settle,
 )
+from supsup_cli.learn.train import CreationOptions, TrainConfig, predict, train_task
+from supsup_cli.model.supermask import split_flat
 from supsup_cli.store import MaskStore
-from supsup_cli.store_header import mask_checksum
-from supsup_cli.supermask import split_flat
-from supsup_cli.train import CreationOptions, TrainConfig, predict, train_task
 
 MACHINE = "2-core CPU, 24 GiB, no GPU"
 SPECS = [f"split:{i}" for i in range(5)]

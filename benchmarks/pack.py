@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from numcodecs import LZMA, Zstd
 
-from supsup_cli.bits import unpack_mask
-from supsup_cli.nets import NetConfig
-from supsup_cli.pack import CODECS, binary_entropy, encode_packed, get_codec
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.format.bits import unpack_mask
+from supsup_cli.format.codecs import CODECS, binary_entropy, encode_packed, get_codec
+from supsup_cli.format.rules import kept_count
 from supsup_cli.store import MaskStore
-from supsup_cli.supermask import kept_count
 
 REFERENCE_FP32_BITS = 32.0  # the reference code stacks fp32 masks
 WSN_REPORTED_BITS = 0.22  # WSN's Huffman-coded sparse masks, as reported

@@ -37,10 +37,11 @@ from hostile_stores import (  # noqa: E402
     stable,
 )
 
-from supsup_cli import storage  # noqa: E402
-from supsup_cli.cli import app  # noqa: E402
-from supsup_cli.nets import NetConfig  # noqa: E402
-from supsup_cli.store import FAULT_ENV, FAULT_STEPS, MaskStore  # noqa: E402
+from supsup_cli.cli import app
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.store import MaskStore
+from supsup_cli.store import location as storage
+from supsup_cli.store.faults import FAULT_ENV, FAULT_STEPS
 
 NET = NetConfig("lenet-300-100", 10, 0)
 FORK = multiprocessing.get_context("fork")

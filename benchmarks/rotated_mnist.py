@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from common import Run, run_benchmark
 
-from supsup_cli.evaluation import EvalSettings, parse_counts
-from supsup_cli.train import CreationOptions
+from supsup_cli.learn.evaluation import EvalSettings, parse_counts
+from supsup_cli.learn.train import CreationOptions
 
 HERE = Path(__file__).resolve().parent
 PAPER_FULL_BATCH = "near the upper bound (paper fig. 8, batch 128; no number in our notes)"

@@ -28,13 +28,11 @@ import numpy as np
 import torch
 from common import append_random_mask
 
-from supsup_cli import bitkernel
-from supsup_cli.bits import packed_matmul
-from supsup_cli.data import expand_specs, load_task
-from supsup_cli.nets import NetConfig, build_net
-from supsup_cli.store import MaskStore
-from supsup_cli.supermask import split_flat
-from supsup_cli.taskid import (
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.kernels import c_kernel as bitkernel
+from supsup_cli.kernels.products import packed_matmul
+from supsup_cli.learn.data import expand_specs, load_task
+from supsup_cli.learn.taskid import (
     OBJECTIVES,
     MaskBank,
     Query,
@@ -43,6 +41,9 @@ from supsup_cli.taskid import (
     mask_gradient,
     one_shot_batch,
 )
+from supsup_cli.model.nets import build_net
+from supsup_cli.model.supermask import split_flat
+from supsup_cli.store import MaskStore
 
 HERE = Path(__file__).resolve().parent
 BATCH = 128

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supsup_cli.data import load_task
-from supsup_cli.nets import NetConfig, build_net
-from supsup_cli.train import TrainConfig, initial_scores, train_mask
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.learn.data import load_task
+from supsup_cli.learn.train import TrainConfig, initial_scores, train_mask
+from supsup_cli.model.nets import build_net
 
 
 class PlainTopK(torch.autograd.Function):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from supsup_cli.data import embedded_source, pixel_permutation
+from supsup_cli.learn.data import embedded_source, pixel_permutation
 
 work = Path(sys.argv[1])
 source = embedded_source()

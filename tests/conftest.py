@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from supsup_cli.train import CreationOptions, TrainConfig, train_task  # noqa: E402
+from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 
 QUICK_BATCHES = 250
 

@@ -13,7 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supsup_cli.allocate import (
+from supsup_cli.errors import ConfigError, DataSpecError, StoreError, StoreMismatchError
+from supsup_cli.learn.allocate import (
     ALLOCATE,
     BUDGET,
     CONTINUE,
@@ -30,10 +31,9 @@ from supsup_cli.allocate import (
     parse_stream,
     resumed_scores,
 )
-from supsup_cli.errors import ConfigError, DataSpecError, StoreError, StoreMismatchError
+from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
+from supsup_cli.model.supermask import ScoreMasks, kaiming_uniform_scores
 from supsup_cli.store import MaskStore
-from supsup_cli.supermask import ScoreMasks, kaiming_uniform_scores
-from supsup_cli.train import CreationOptions, TrainConfig, train_task
 
 EPS = 0.125
 

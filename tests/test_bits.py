@@ -13,17 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supsup_cli import bitkernel
-from supsup_cli.bits import (
+from supsup_cli.format.bits import pack_mask, packed_bytes, padding_is_zero, unpack_mask
+from supsup_cli.kernels import c_kernel as bitkernel
+from supsup_cli.kernels.products import packed_matmul, packed_rmatvec
+from supsup_cli.kernels.torch_products import (
     fused_gpu_kernel,
-    pack_mask,
-    packed_bytes,
-    packed_matmul,
     packed_matmul_torch,
-    packed_rmatvec,
     packed_rmatvec_torch,
-    padding_is_zero,
-    unpack_mask,
     unpack_torch,
 )
 
@@ -97,7 +93,7 @@ def test_packed_rmatvec_equals_weighted_sum(rows: int, mask_bits: int, seed: int
 
 def test_products_span_several_blocks(monkeypatch) -> None:
     # Tiny blocks force many row and column blocks, with a ragged last byte (D % 8 = 5).
-    monkeypatch.setattr("supsup_cli.bits.PRODUCT_BLOCK_BITS", 64)
+    monkeypatch.setattr("supsup_cli.kernels.products.PRODUCT_BLOCK_BITS", 64)
     packed, floats = _float_masks(13, 205, seed=7)
     vector = np.arange(205, dtype=np.float32) - 100
     np.testing.assert_allclose(packed_matmul(packed, vector, 205), floats @ vector, atol=1e-3)
@@ -166,7 +162,7 @@ def test_kernel_build_failures_fall_back(monkeypatch, tmp_path) -> None:
 
 FUSED_GPU_CHECK = """
 import json, numpy as np, torch
-from supsup_cli import triton_bitkernel
+from supsup_cli.kernels import triton_kernel as triton_bitkernel
 rng = np.random.default_rng(7)
 errors = []
 for rows, mask_bits, columns in [(37, 157, 0), (1, 8, 0), (20, 1000, 3), (0, 50, 0), (3, 1, 2),
@@ -222,8 +218,8 @@ def test_a_fused_kernel_that_fails_leaves_the_unpack_path(monkeypatch) -> None:
             raise RuntimeError("no kernel image is available for this device")
 
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    monkeypatch.setattr("supsup_cli.bits.fused_gpu_kernel", lambda: Broken)
-    monkeypatch.setattr("supsup_cli.bits._fused_failed", False)
+    monkeypatch.setattr("supsup_cli.kernels.torch_products.fused_gpu_kernel", lambda: Broken)
+    monkeypatch.setattr("supsup_cli.kernels.torch_products._fused_failed", False)
     packed, floats = _float_masks(5, 83, 0)
     vector = np.random.default_rng(1).standard_normal(83).astype(np.float32)
     expected = floats.astype(np.float64) @ vector

@@ -11,7 +11,8 @@ import zarr
 from typer.testing import CliRunner
 
 from supsup_cli.cli import app
-from supsup_cli.store import ATTRIBUTE_KEY, MaskStore
+from supsup_cli.store import MaskStore
+from supsup_cli.store.layout import ATTRIBUTE_KEY
 
 runner = CliRunner()
 

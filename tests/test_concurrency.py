@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from supsup_cli.errors import StoreError
+from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 from supsup_cli.store import MaskStore
-from supsup_cli.train import CreationOptions, TrainConfig, train_task
 
 WRITERS = 4
 

@@ -8,8 +8,8 @@ from importlib import resources
 import pytest
 import torch
 
-from supsup_cli.data import canonical_spec, load_task, pixel_permutation
 from supsup_cli.errors import DataSpecError
+from supsup_cli.learn.data import canonical_spec, load_task, pixel_permutation
 
 EMBEDDED_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
 

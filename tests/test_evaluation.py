@@ -13,9 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 from supsup_cli.cli import app
-from supsup_cli.data import expand_specs, load_task
 from supsup_cli.errors import ConfigError, DataSpecError
-from supsup_cli.evaluation import (
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.learn.data import expand_specs, load_task
+from supsup_cli.learn.evaluation import (
     CSV_COLUMNS,
     SCHEMA,
     EvalSettings,
@@ -23,7 +24,6 @@ from supsup_cli.evaluation import (
     image_slice,
     parse_counts,
 )
-from supsup_cli.nets import NetConfig
 from supsup_cli.store import MaskStore
 
 runner = CliRunner()

@@ -18,11 +18,12 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from supsup_cli.bits import unpack_mask
 from supsup_cli.cli import app
-from supsup_cli.data import load_task
 from supsup_cli.errors import ConfigError, StoreError
-from supsup_cli.hopfield import (
+from supsup_cli.format.architectures import ARCHITECTURES, Architecture, NetConfig
+from supsup_cli.format.bits import unpack_mask
+from supsup_cli.learn.data import load_task
+from supsup_cli.learn.hopfield import (
     RecoveryConfig,
     attractors,
     batch_entropy,
@@ -35,17 +36,16 @@ from supsup_cli.hopfield import (
     settle,
     storkey_update,
 )
-from supsup_cli.nets import ARCHITECTURES, MaskedBNMLP, NetConfig
+from supsup_cli.learn.taskid import MaskBank
 from supsup_cli.store import MaskStore
-from supsup_cli.taskid import MaskBank
+from supsup_cli.store.writer import Transaction
 
 runner = CliRunner()
 TINY = "bn-test-32-32"
 D = 64  # mask bits of the tiny net: two BatchNorms of 32 channels
 
 
-class TinyBN(MaskedBNMLP):
-    hidden = (32, 32)
+TinyBN = Architecture("bn-mlp", (32, 32))
 
 
 @pytest.fixture(autouse=True)
@@ -201,7 +201,7 @@ def test_encode_interrupted_before_its_commit_changes_nothing(
     def crash(self, header) -> None:  # noqa: ANN001
         raise OSError("disk gone")
 
-    monkeypatch.setattr(MaskStore, "_commit_header", crash)
+    monkeypatch.setattr(Transaction, "commit_header", crash)
     with pytest.raises(OSError):
         encode_tasks(path, [1, 2])
     monkeypatch.undo()
@@ -218,11 +218,9 @@ def test_encode_interrupted_before_its_commit_changes_nothing(
 
 KILLED_ENCODER = """
 import sys
-from supsup_cli.hopfield import encode_tasks
-from supsup_cli.nets import ARCHITECTURES, MaskedBNMLP
-class TinyBN(MaskedBNMLP):
-    hidden = (32, 32)
-ARCHITECTURES[sys.argv[2]] = TinyBN
+from supsup_cli.learn.hopfield import encode_tasks
+from supsup_cli.format.architectures import ARCHITECTURES, Architecture
+ARCHITECTURES[sys.argv[2]] = Architecture("bn-mlp", (32, 32))
 encode_tasks(sys.argv[1], [1, 2])
 """
 
@@ -295,9 +293,9 @@ def test_verify_catches_counts_that_disagree_with_dropped_masks(tmp_path: Path) 
     encode_tasks(path, drop_masks=True)
     store = MaskStore.open(path, writable=True)
     counts = store.mask_counts().copy()
-    slot = next(i for i in (0, 1) if np.array_equal(store._arrays["mask_counts"][i], counts))
+    slot = next(i for i in (0, 1) if np.array_equal(store.arrays["mask_counts"][i], counts))
     counts[5] += 1
-    store._arrays["mask_counts"][slot] = counts
+    store.arrays["mask_counts"][slot] = counts
     assert any("mask_counts" in p for p in MaskStore.open(path).verify())
 
 

@@ -27,11 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from supsup_cli import storage
 from supsup_cli.cli import app
 from supsup_cli.errors import StoreError
-from supsup_cli.store import ATTRIBUTE_KEY, MaskStore
-from supsup_cli.store_header import StoreHeader, TaskRecord
+from supsup_cli.format.header import StoreHeader, TaskRecord
+from supsup_cli.store import MaskStore
+from supsup_cli.store import location as storage
+from supsup_cli.store.layout import ATTRIBUTE_KEY
 
 runner = CliRunner()
 
@@ -277,7 +278,7 @@ def test_records_decoded_together_refuse_what_one_would(sound: Path, edit: Any, 
     """The table is parsed for all rows at once: a bad row among good ones is still refused and
     named, and good rows parse exactly as they do one by one."""
     store = MaskStore.open(sound)
-    rows = store._read_rows("records", store._rows())
+    rows = store.read_rows("records", store.rows())
     together = TaskRecord.decode_rows(rows, range(len(rows)), store.header)
     assert together == [TaskRecord.decode(row, i, store.header) for i, row in enumerate(rows)]
     bad = edit(json.loads(bytes(rows[1]).rstrip(b"\0")))

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from supsup_cli.cli import app
-from supsup_cli.data import embedded_source, pixel_permutation
-from supsup_cli.taskid import MaskBank
+from supsup_cli.learn.data import embedded_source, pixel_permutation
+from supsup_cli.learn.taskid import MaskBank
 
 runner = CliRunner()
 

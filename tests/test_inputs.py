@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from supsup_cli.data import normalise
 from supsup_cli.errors import InputError
-from supsup_cli.inputs import read_inputs
+from supsup_cli.learn.data import normalise
+from supsup_cli.learn.inputs import read_inputs
 
 
 def digits(count: int, seed: int = 0) -> np.ndarray:

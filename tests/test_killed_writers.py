@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from supsup_cli.nets import NetConfig
-from supsup_cli.store import COPY_FAULT_STEP, FAULT_ENV, FAULT_STEPS, MaskStore, _write_lock
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.store import MaskStore
+from supsup_cli.store.faults import COPY_FAULT_STEP, FAULT_ENV, FAULT_STEPS
+from supsup_cli.store.layout import write_lock as _write_lock
 
 CREATION_STEPS = [s for s in FAULT_STEPS if s.startswith("create-")]
 APPEND_STEPS = [s for s in FAULT_STEPS if not s.startswith("create-")]

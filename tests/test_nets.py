@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from supsup_cli.errors import ConfigError
-from supsup_cli.nets import ARCHITECTURES, NetConfig, build_net
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.model.nets import ARCHITECTURES, build_net
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

@@ -14,11 +14,11 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supsup_cli import store_header
-from supsup_cli.bits import pack_mask
 from supsup_cli.errors import ConfigError, StoreError
-from supsup_cli.nets import NetConfig
-from supsup_cli.pack import (
+from supsup_cli.format import header as store_header
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.format.bits import pack_mask
+from supsup_cli.format.codecs import (
     AUTO,
     CODECS,
     COUNT_BYTES,
@@ -30,7 +30,8 @@ from supsup_cli.pack import (
     encode_store,
     get_codec,
 )
-from supsup_cli.store import ATTRIBUTE_KEY, MaskStore
+from supsup_cli.store import MaskStore
+from supsup_cli.store.layout import ATTRIBUTE_KEY
 
 LENET_SITES = [math.prod(s) for s in NetConfig("lenet-300-100").mask_shapes]
 

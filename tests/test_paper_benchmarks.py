@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from supsup_cli.cli import app
-from supsup_cli.plots import load_report
+from supsup_cli.learn.plots import load_report
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

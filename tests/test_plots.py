@@ -13,11 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from supsup_cli.cli import app
-from supsup_cli.data import load_task
 from supsup_cli.errors import ConfigError, InputError
-from supsup_cli.evaluation import EvalSettings, entropy_bytes_per_task, evaluate_store
-from supsup_cli.nets import NetConfig
-from supsup_cli.plots import (
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.learn.data import load_task
+from supsup_cli.learn.evaluation import EvalSettings, entropy_bytes_per_task, evaluate_store
+from supsup_cli.learn.plots import (
     bytes_series,
     distinct_labels,
     load_report,

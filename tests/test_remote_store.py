@@ -20,11 +20,13 @@ import torch
 from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
-from supsup_cli import storage, store
 from supsup_cli.cli import app
 from supsup_cli.errors import StoreError
-from supsup_cli.nets import NetConfig
-from supsup_cli.store import FAULT_ENV, LOCK_NAME, MaskStore
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.store import MaskStore, layout
+from supsup_cli.store import location as storage
+from supsup_cli.store.faults import FAULT_ENV
+from supsup_cli.store.layout import LOCK_NAME
 
 BUCKET = "supsup-test"
 NET = NetConfig("lenet-300-100", 10, 0)
@@ -131,7 +133,7 @@ def test_a_live_lock_makes_the_next_writer_wait_then_give_up(
 ) -> None:
     url = f"{s3}/busy.zarr"
     MaskStore.create(url, NET, "topk", 0.5)
-    monkeypatch.setattr(store, "LOCK_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(layout, "LOCK_TIMEOUT_SECONDS", 1.0)
     with storage.write_lock(url, LOCK_NAME, 1.0):
         started = time.monotonic()
         with pytest.raises(StoreError, match="held the lock object"):

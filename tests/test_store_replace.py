@@ -11,8 +11,10 @@ import torch
 import zarr
 
 from supsup_cli.errors import StoreError
-from supsup_cli.nets import NetConfig
-from supsup_cli.store import LOG_BYTES, MaskStore
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.store import MaskStore
+from supsup_cli.store.layout import LOG_BYTES
+from supsup_cli.store.writer import Transaction
 
 NET = NetConfig("lenet-300-100", 10, 0)
 D = NET.mask_bits
@@ -124,7 +126,7 @@ def test_a_writer_killed_before_its_commit_changes_nothing(tmp_path, monkeypatch
         def crash(self, header):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(MaskStore, "_commit_header", crash)
+        monkeypatch.setattr(Transaction, "commit_header", crash)
         with pytest.raises(KeyboardInterrupt):
             replace(store, 0, 30)
         monkeypatch.undo()
@@ -224,7 +226,7 @@ def test_log_rows_past_the_count_are_ignored_and_bad_rows_refused(tmp_path, monk
     def crash(self, header):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(MaskStore, "_commit_header", crash)
+    monkeypatch.setattr(Transaction, "commit_header", crash)
     with pytest.raises(KeyboardInterrupt):
         store.append_log([{"batch": 1}])
     monkeypatch.undo()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from supsup_cli.errors import ConfigError
-from supsup_cli.supermask import ScoreMasks, check_rule, kept_count, scores_to_mask
+from supsup_cli.format.rules import check_rule, kept_count
+from supsup_cli.model.supermask import ScoreMasks, scores_to_mask
 
 
 def test_topk_keeps_the_largest_magnitudes() -> None:

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from supsup_cli import taskid
-from supsup_cli.bits import pack_mask, unpack_mask
-from supsup_cli.data import load_task
 from supsup_cli.errors import ConfigError
-from supsup_cli.nets import NetConfig, build_net
-from supsup_cli.store import MaskStore
-from supsup_cli.supermask import split_flat
-from supsup_cli.taskid import (
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.format.bits import pack_mask, unpack_mask
+from supsup_cli.learn import taskid
+from supsup_cli.learn.data import load_task
+from supsup_cli.learn.taskid import (
     METHODS,
     Decision,
     MaskBank,
@@ -26,6 +24,9 @@ from supsup_cli.taskid import (
     register_method,
     score_specs,
 )
+from supsup_cli.model.nets import build_net
+from supsup_cli.model.supermask import split_flat
+from supsup_cli.store import MaskStore
 
 CONFIG_G = NetConfig("lenet-300-100", outputs=20, seed=3)  # outputs 10..19 are superfluous
 TEN = tuple(range(10))
@@ -297,7 +298,7 @@ def reference_alpha_gradient_bn(net, floats: torch.Tensor, x) -> torch.Tensor:
 def test_streamed_bank_answers_as_the_loaded_one(trained, bank, monkeypatch) -> None:
     """Masks read from the store in blocks for every product (small blocks here, so that a
     query spans several) give the same tasks, confidences and classes as masks held in memory."""
-    monkeypatch.setattr("supsup_cli.store.READ_SLAB_BYTES", 1)  # one mask per block
+    monkeypatch.setattr("supsup_cli.store.layout.READ_SLAB_BYTES", 1)  # one mask per block
     streamed = MaskBank.from_store(trained, stream=True)
     assert streamed.packed.shape[0] == 0 and streamed.task_count == bank.task_count
     np.testing.assert_array_equal(streamed.counts, bank.counts)
@@ -318,7 +319,7 @@ def test_streamed_bank_answers_as_the_loaded_one(trained, bank, monkeypatch) -> 
 
 
 def test_blocks_of_masks_cover_every_task_once(trained, monkeypatch) -> None:
-    monkeypatch.setattr("supsup_cli.store.READ_SLAB_BYTES", 1)
+    monkeypatch.setattr("supsup_cli.store.layout.READ_SLAB_BYTES", 1)
     blocks = list(trained.iter_packed([2, 0, 1]))
     assert [len(b) for b in blocks] == [1, 1, 1]
     np.testing.assert_array_equal(np.concatenate(blocks), trained.read_packed([2, 0, 1]))

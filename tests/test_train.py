@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from supsup_cli.data import load_task
 from supsup_cli.errors import ConfigError, StoreMismatchError
-from supsup_cli.nets import NetConfig, build_net
-from supsup_cli.store import MaskStore
-from supsup_cli.train import (
+from supsup_cli.format.architectures import NetConfig
+from supsup_cli.learn.data import load_task
+from supsup_cli.learn.train import (
     CreationOptions,
     TrainConfig,
     evaluate_task,
@@ -21,6 +20,8 @@ from supsup_cli.train import (
     train_mask,
     train_task,
 )
+from supsup_cli.model.nets import build_net
+from supsup_cli.store import MaskStore
 
 
 def test_trained_store_reopens_with_its_accuracies(permuted_store: Path) -> None:
@@ -69,7 +70,7 @@ def test_loss_falls_and_accuracy_beats_chance() -> None:
 
 def test_transfer_starts_from_the_mean_scores(permuted_store: Path) -> None:
     store = MaskStore.open(permuted_store)
-    mean = store.score_mean()
+    mean = torch.from_numpy(store.score_mean())
     shapes = store.net.mask_shapes
     start = torch.cat([s.flatten() for s in initial_scores(shapes, 0, mean)])
     assert torch.equal(start, mean)

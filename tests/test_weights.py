@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supsup_cli.weights import layer_sign_bits, signed_kaiming_constant, weight_digest
+from supsup_cli.format.generator import layer_sign_bits
+from supsup_cli.model.weights import signed_kaiming_constant, weight_digest
 
 SPEC = Path(__file__).resolve().parents[1] / "formats" / "supsup-store-v1.md"
 
@@ -39,7 +40,7 @@ def test_golden_values_of_the_spec() -> None:
 
 def test_identical_bytes_in_two_separate_processes() -> None:
     code = (
-        "from supsup_cli.weights import signed_kaiming_constant, weight_digest;"
+        "from supsup_cli.model.weights import signed_kaiming_constant, weight_digest;"
         "print(weight_digest(signed_kaiming_constant(7, 2, (100, 300))))"
     )
     digests = {

@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..allocate import (
+from ..format.rules import MASK_RULES
+from ..learn.allocate import (
     ALLOCATE,
     BUDGET,
     CONTINUE,
@@ -22,10 +23,9 @@ from ..allocate import (
     allocate_stream,
     parse_stream,
 )
+from ..learn.taskid import OBJECTIVES
+from ..learn.train import CreationOptions
 from ..store import MaskStore
-from ..supermask import MASK_RULES
-from ..taskid import OBJECTIVES
-from ..train import CreationOptions
 from .app import (
     DataRootOpt,
     DeviceOpt,

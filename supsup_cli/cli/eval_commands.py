@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..evaluation import SCENARIOS, EvalReport, EvalSettings, evaluate_store, parse_counts
-from ..taskid import METHODS, OBJECTIVES
+from ..learn.evaluation import SCENARIOS, EvalReport, EvalSettings, evaluate_store, parse_counts
+from ..learn.taskid import METHODS, OBJECTIVES
 from .app import emit_json, progress_bar, resolve_device, stdout_console
 
 MAX_TABLE_ROWS = 50

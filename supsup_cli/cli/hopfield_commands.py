@@ -10,9 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..data import expand_specs
 from ..errors import ConfigError
-from ..hopfield import (
+from ..learn.data import expand_specs
+from ..learn.hopfield import (
     MAX_STARTS,
     BatchRecovery,
     RecoveryConfig,
@@ -21,7 +21,7 @@ from ..hopfield import (
     recover_batches,
     recover_specs,
 )
-from ..inputs import read_inputs
+from ..learn.inputs import read_inputs
 from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, say
 
 HOPFIELD_METHOD = "hopfield"

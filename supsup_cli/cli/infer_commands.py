@@ -8,12 +8,11 @@ from typing import Annotated
 
 import typer
 
-from ..data import expand_specs
 from ..errors import ConfigError
-from ..hopfield import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS
-from ..inputs import read_inputs
-from ..store import MaskStore
-from ..taskid import (
+from ..learn.data import expand_specs
+from ..learn.hopfield import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS
+from ..learn.inputs import read_inputs
+from ..learn.taskid import (
     METHODS,
     OBJECTIVES,
     PER_MODES,
@@ -22,6 +21,7 @@ from ..taskid import (
     infer_task,
     score_specs,
 )
+from ..store import MaskStore
 from .app import (
     DataRootOpt,
     DeviceOpt,

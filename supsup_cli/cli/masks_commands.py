@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..mask_algebra import MERGE_RULES, mask_overlap, merge_tasks
-from ..mask_algebra import export_task as export_subnetwork
+from ..learn.mask_algebra import MERGE_RULES, mask_overlap, merge_tasks
+from ..learn.mask_algebra import export_task as export_subnetwork
 from ..store import MaskStore
 from .app import JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
 

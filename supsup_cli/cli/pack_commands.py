@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..pack import AUTO, CODECS, DEFAULT_CODEC
+from ..format.codecs import AUTO, CODECS, DEFAULT_CODEC
 from ..store import MaskStore
 from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, stdout_console
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..plots import FORMATS, plot_reports
+from ..learn.plots import FORMATS, plot_reports
 from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, say
 
 

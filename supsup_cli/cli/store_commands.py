@@ -8,13 +8,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..data import expand_specs
 from ..errors import StoreError
-from ..evaluation import EvalSettings
-from ..hopfield import hopfield_summary
+from ..format.rules import MASK_RULES
+from ..learn.data import expand_specs
+from ..learn.evaluation import EvalSettings
+from ..learn.hopfield import hopfield_summary
+from ..learn.train import CreationOptions, TrainConfig, evaluate_task, train_task
 from ..store import MaskStore
-from ..supermask import MASK_RULES
-from ..train import CreationOptions, TrainConfig, evaluate_task, train_task
 from .allocate_commands import show_log
 from .app import (
     DataRootOpt,

@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError, StoreMismatchError
+from ..format.architectures import NetConfig
+from ..format.header import TaskRecord
+from ..format.rules import check_rule
+from ..model.nets import PerTaskStats, build_net
+from ..model.supermask import ScoreMasks, bits_to_masks, kaiming_uniform_scores, split_flat
+from ..store import MaskStore
 from .data import TaskData, load_task
-from .errors import ConfigError, StoreMismatchError
-from .nets import NetConfig, PerTaskStats, build_net
-from .store import MaskStore
-from .store_header import TaskRecord
-from .supermask import ScoreMasks, bits_to_masks, check_rule, kaiming_uniform_scores, split_flat
 
 DEFAULT_ARCH: Final = "lenet-300-100"
 DEFAULT_OUTPUTS: Final = 10
@@ -73,11 +75,12 @@ class TrainResult:
 
 
 def initial_scores(
-    shapes: Sequence[tuple[int, ...]], init_seed: int, transfer_mean: torch.Tensor | None
+    shapes: Sequence[tuple[int, ...]], init_seed: int, transfer_mean: np.ndarray | None
 ) -> list[torch.Tensor]:
     """Kaiming-uniform scores, or (transfer) the mean raw scores of the earlier tasks."""
     if transfer_mean is not None:
-        return [s.clone() for s in split_flat(transfer_mean.float(), shapes)]
+        mean = torch.from_numpy(np.asarray(transfer_mean, dtype=np.float32))
+        return [s.clone() for s in split_flat(mean, shapes)]
     generator = torch.Generator().manual_seed(init_seed)
     return [kaiming_uniform_scores(shape, generator) for shape in shapes]
 
@@ -250,14 +253,14 @@ def train_task(
     store, created = MaskStore.open_or_create(store_path, net_config, rule, density)
     record = store.append_task(
         result.mask_bits,
-        result.flat_scores,
+        result.flat_scores.numpy(),
         data=data.spec,
         classes=data.classes,
         accuracy=result.accuracy,
         train=config.to_dict(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         seconds=round(result.seconds, 3),
-        task_stats=result.task_stats,
+        task_stats=None if result.task_stats is None else result.task_stats.numpy(),
     )
     return TaskOutcome(record, result, created, store.header.mask_bytes)
 

@@ -1,69 +1,20 @@
-"""Networks by name: fixed random weights from the seed, masks supplied at each call."""
+"""Networks by name: fixed random weights from the seed, masks supplied at each call. The shapes
+of every registered network are data in format/architectures.py; this builds the modules."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .weights import MAX_SEED, signed_kaiming_constant
-
-INPUTS: Final = 784
-MAX_OUTPUTS: Final = 100_000
-
-
-@dataclass(frozen=True)
-class NetConfig:
-    """Everything that determines the fixed network: architecture, output count and seed."""
-
-    arch: str
-    outputs: int = 10
-    seed: int = 0
-    inputs: int = INPUTS
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(
-                f"unknown architecture {self.arch!r}; valid: {', '.join(sorted(ARCHITECTURES))}"
-            )
-        if not isinstance(self.outputs, int) or not 1 <= self.outputs <= MAX_OUTPUTS:
-            raise ConfigError(
-                f"outputs must be an integer in [1, {MAX_OUTPUTS}], got {self.outputs}"
-            )
-        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
-        if self.inputs != INPUTS:
-            raise ConfigError(f"inputs must be {INPUTS} (28x28 images), got {self.inputs}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NetConfig:
-        return cls(**{k: data[k] for k in ("arch", "outputs", "seed", "inputs")})
-
-    @property
-    def mask_shapes(self) -> list[tuple[int, ...]]:
-        """Shapes of the mask sites in network order (what one task's mask covers)."""
-        return ARCHITECTURES[self.arch].mask_shapes(self)
-
-    @property
-    def mask_bits(self) -> int:
-        """D: the number of mask bits of one task."""
-        return sum(math.prod(s) for s in self.mask_shapes)
-
-    @property
-    def stats_size(self) -> int:
-        """Floats of per-task statistics (BatchNorm running means/variances); 0 for most nets."""
-        size = getattr(ARCHITECTURES[self.arch], "stats_size", None)
-        return 0 if size is None else size(self)
+from ..errors import ConfigError
+from ..format.architectures import ARCHITECTURES, NetConfig
+from ..model.weights import signed_kaiming_constant
 
 
 class MaskedLinear(nn.Module):
@@ -80,20 +31,14 @@ class MaskedLinear(nn.Module):
 class MaskedMLP(nn.Module):
     """784 -> hidden... -> outputs, ReLU between layers, every weight masked."""
 
-    hidden: tuple[int, ...] = ()
-
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
         self.config = config
+        shapes = config.architecture.layer_shapes(config.inputs, config.outputs)
         self.layers = nn.ModuleList(
             MaskedLinear(signed_kaiming_constant(config.seed, index, shape))
-            for index, shape in enumerate(self.mask_shapes(config))
+            for index, shape in enumerate(shapes)
         )
-
-    @classmethod
-    def mask_shapes(cls, config: NetConfig) -> list[tuple[int, ...]]:
-        widths = (config.inputs, *cls.hidden, config.outputs)
-        return [(fan_out, fan_in) for fan_in, fan_out in zip(widths, widths[1:], strict=False)]
 
     def forward(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
         x = x.flatten(1)  # (n, 784)
@@ -104,29 +49,6 @@ class MaskedMLP(nn.Module):
         return x  # (n, outputs)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Add an architecture to the name registry users pick from with `--arch`."""
-
-    def add(cls: type) -> type:
-        ARCHITECTURES[name] = cls
-        return cls
-
-    return add
-
-
-@register("lenet-300-100")
-class LeNet300100(MaskedMLP):
-    hidden = (300, 100)
-
-
-@register("fc-1024-1024")
-class FC10241024(MaskedMLP):
-    hidden = (1024, 1024)
-
-
 @runtime_checkable
 class PerTaskStats(Protocol):
     """A net whose normalisation statistics belong to one task (trained, stored, loaded with it)."""
@@ -135,7 +57,7 @@ class PerTaskStats(Protocol):
 
     def task_stats(self) -> torch.Tensor: ...
 
-    def load_task_stats(self, stats: torch.Tensor) -> None: ...
+    def load_task_stats(self, stats: torch.Tensor | np.ndarray) -> None: ...
 
 
 class FixedLinear(nn.Module):
@@ -155,30 +77,22 @@ class MaskedBNMLP(nn.Module):
     than weights keeps d small enough for a d x d Hopfield energy. Running statistics are per task.
     """
 
-    hidden: tuple[int, ...] = ()
     momentum: float = 0.1
     eps: float = 1e-5
 
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
         self.config = config
-        widths = (config.inputs, *self.hidden, config.outputs)
+        self.hidden = config.architecture.hidden
+        shapes = config.architecture.layer_shapes(config.inputs, config.outputs)
         self.linears = nn.ModuleList(
-            FixedLinear(signed_kaiming_constant(config.seed, index, (fan_out, fan_in)))
-            for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:], strict=False))
+            FixedLinear(signed_kaiming_constant(config.seed, index, shape))
+            for index, shape in enumerate(shapes)
         )
         for index, width in enumerate(self.hidden):
             self.register_buffer(f"running_mean_{index}", torch.zeros(width))
             self.register_buffer(f"running_var_{index}", torch.ones(width))
         self._batch_statistics = False
-
-    @classmethod
-    def mask_shapes(cls, config: NetConfig) -> list[tuple[int, ...]]:
-        return [(width,) for width in cls.hidden]
-
-    @classmethod
-    def stats_size(cls, config: NetConfig) -> int:  # noqa: ARG003
-        return 2 * sum(cls.hidden)
 
     def _running(self) -> list[torch.Tensor]:
         """Running means then variances of each layer, in layer order (the stored layout)."""
@@ -197,12 +111,12 @@ class MaskedBNMLP(nn.Module):
         """(stats_size,) float32 CPU: per layer, the running means then the running variances."""
         return torch.cat([buffer.detach().float().cpu() for buffer in self._running()])
 
-    def load_task_stats(self, stats: torch.Tensor) -> None:
-        flat = stats.reshape(-1)
-        if flat.numel() != self.stats_size(self.config):
+    def load_task_stats(self, stats: torch.Tensor | np.ndarray) -> None:
+        flat = torch.as_tensor(stats).reshape(-1)
+        if flat.numel() != self.config.stats_size:
             raise ConfigError(
                 f"{flat.numel()} statistics given; {self.config.arch} keeps "
-                f"{self.stats_size(self.config)} per task"
+                f"{self.config.stats_size} per task"
             )
         buffers = self._running()
         for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
@@ -240,11 +154,9 @@ class MaskedBNMLP(nn.Module):
         return self.linears[-1](x)  # (n, outputs)
 
 
-@register("bn-2048-2048")
-class BN20482048(MaskedBNMLP):
-    hidden = (2048, 2048)
+MODULES: Final[dict[str, type[nn.Module]]] = {"mlp": MaskedMLP, "bn-mlp": MaskedBNMLP}
 
 
 def build_net(config: NetConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The fixed network of a config; weights are generated on the CPU, then moved."""
-    return ARCHITECTURES[config.arch](config).to(device).eval()
+    return MODULES[ARCHITECTURES[config.arch].kind](config).to(device).eval()

@@ -26,8 +26,8 @@ from typing import Final
 import constriction
 import numpy as np
 
+from ..errors import ConfigError, StoreError
 from .bits import pack_mask, packed_bytes, unpack_mask
-from .errors import ConfigError, StoreError
 
 COUNT_BYTES: Final = 4
 WORD_BYTES: Final = 4

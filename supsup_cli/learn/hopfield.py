@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bits import pack_mask, unpack_mask
+from ..errors import ConfigError, InputError
+from ..format.bits import pack_mask, unpack_mask
+from ..format.header import MAX_HOPFIELD_BITS, mask_checksum
+from ..model.nets import PerTaskStats, build_net
+from ..model.supermask import scores_to_mask, split_flat
+from ..store import MaskStore
 from .data import load_task
-from .errors import ConfigError, InputError
-from .nets import PerTaskStats, build_net
-from .store import MaskStore
-from .store_header import MAX_HOPFIELD_BITS, mask_checksum
-from .supermask import scores_to_mask, split_flat
 
 DEFAULT_STEPS: Final = 30
 DEFAULT_GAMMA: Final = 1.5e-3

@@ -7,20 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Final
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
-
-MASK_RULES: Final = ("topk", "sign")
-
-
-def kept_count(numel: int, density: float) -> int:
-    """How many weights a top-k mask keeps in one mask site: max(1, round(density * numel))."""
-    return max(1, round(density * numel))
+from ..format.rules import check_rule, kept_count
 
 
 class _TopKStraightThrough(torch.autograd.Function):
@@ -48,16 +40,6 @@ class _SignStraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
         return grad
-
-
-def check_rule(rule: str, density: float | None) -> None:
-    """Validate a mask rule and its density (top-k needs a density in (0, 1])."""
-    if rule not in MASK_RULES:
-        raise ConfigError(f"unknown mask rule {rule!r}; valid rules: {', '.join(MASK_RULES)}")
-    if rule == "topk" and (density is None or not 0.0 < density <= 1.0):
-        raise ConfigError(
-            f"density must be in (0, 1] (the fraction of weights kept), got {density}"
-        )
 
 
 def scores_to_mask(scores: torch.Tensor, rule: str, density: float | None) -> torch.Tensor:

@@ -34,7 +34,7 @@ from zarr.abc.store import ByteRequest, RangeByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from .errors import StoreError
+from ..errors import StoreError
 
 METADATA_LIMIT: Final = 1 << 20  # bytes of one zarr.json; the store's are under 4 KiB
 PARTIAL_SUFFIX: Final = ".partial"  # zarr's LocalStore writes aside under this suffix, then renames

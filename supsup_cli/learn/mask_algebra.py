@@ -15,12 +15,12 @@ from typing import Final
 import numpy as np
 import torch
 
-from .bits import unpack_mask
-from .errors import ConfigError
-from .nets import MaskedMLP, build_net
-from .store import MaskStore
-from .store_header import TaskRecord
-from .supermask import split_flat
+from ..errors import ConfigError
+from ..format.bits import unpack_mask
+from ..format.header import TaskRecord
+from ..model.nets import MaskedMLP, build_net
+from ..model.supermask import split_flat
+from ..store import MaskStore
 
 MERGE_RULES: Final = ("and", "or", "majority")
 EXPORT_FORMATS: Final = (".pt", ".npz")

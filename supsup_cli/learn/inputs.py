@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from numpy.lib import format as npy
 
+from ..errors import InputError
 from .data import normalise
-from .errors import InputError
 
 IMAGE_SUFFIXES: Final = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIX: Final = ".npy"

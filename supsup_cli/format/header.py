@@ -16,12 +16,12 @@ from typing import Any, Final
 
 import numpy as np
 
-from . import pack
+from ..errors import ConfigError, StoreError
+from . import codecs as pack
+from .architectures import NetConfig
 from .bits import packed_bytes
-from .errors import ConfigError, StoreError
-from .nets import NetConfig
-from .supermask import MASK_RULES, check_rule
-from .weights import GENERATOR_NAME
+from .generator import GENERATOR_NAME
+from .rules import MASK_RULES, check_rule
 
 FORMAT_NAME: Final = "supsup-store"
 FORMAT_VERSION: Final = 3  # the newest version this reads; stores stay 1 until a mask is
@@ -76,12 +76,12 @@ class HopfieldState:
                 f"a Hopfield matrix needs d <= {MAX_HOPFIELD_BITS:,}; the network has {mask_bits:,}"
             )
         generation, tasks, dropped = (attrs.get(k) for k in ("generation", "tasks", "dropped"))
-        if not _is_int(generation) or generation < 1:
+        if not is_int(generation) or generation < 1:
             raise StoreError(f"invalid Hopfield generation {generation!r}")
         for name, value in (("tasks", tasks), ("dropped", dropped)):
             if (
                 not isinstance(value, list)
-                or not all(_is_int(t) and 0 <= t < task_count for t in value)
+                or not all(is_int(t) and 0 <= t < task_count for t in value)
                 or len(set(value)) != len(value)
             ):
                 raise StoreError(
@@ -138,11 +138,11 @@ class PackedState:
                 f"(raw masks are dropped exactly in version {PACKED_VERSION})"
             )
         rows, width = attrs.get("rows"), attrs.get("width")
-        if not _is_int(rows) or not 0 <= rows <= row_count:
+        if not is_int(rows) or not 0 <= rows <= row_count:
             raise StoreError(f"invalid 'packed' rows {rows!r} (must be in [0, {row_count}])")
         sites = [math.prod(shape) for shape in net.mask_shapes]
         widest = BLOB_LENGTH_BYTES + pack.get_codec(name).max_blob_bytes(sites)
-        if not _is_int(width) or not BLOB_LENGTH_BYTES <= width <= widest:
+        if not is_int(width) or not BLOB_LENGTH_BYTES <= width <= widest:
             raise StoreError(f"invalid 'packed' width {width!r} (must be in [4, {widest}])")
         return cls(name, rows, width, raw == "dropped")
 
@@ -221,7 +221,7 @@ class StoreHeader:
                 "not a supsup store (no 'supsup' attributes with format 'supsup-store')"
             )
         version = attrs.get("version")
-        if not _is_int(version) or version < 1:
+        if not is_int(version) or version < 1:
             raise StoreError(f"invalid format version {version!r}")
         if version > FORMAT_VERSION:
             raise StoreError(
@@ -253,7 +253,7 @@ class StoreHeader:
                 f"with {net.outputs} outputs ({net.mask_bits} bits)"
             )
         count = attrs.get("task_count")
-        if not _is_int(count) or not 0 <= count <= MAX_TASKS:
+        if not is_int(count) or not 0 <= count <= MAX_TASKS:
             raise StoreError(f"invalid task_count {count!r} (must be in [0, {MAX_TASKS}])")
         hopfield = attrs.get("hopfield")
         if hopfield is not None:
@@ -261,17 +261,17 @@ class StoreHeader:
         revision, rows = count, count
         if version >= ROW_MAP_VERSION:
             revision, rows = attrs.get("revision"), attrs.get("rows")
-            if not _is_int(revision) or not count <= revision <= MAX_REVISION:
+            if not is_int(revision) or not count <= revision <= MAX_REVISION:
                 raise StoreError(f"invalid revision {revision!r} (must be in [task_count, 2^53])")
-            if not _is_int(rows) or not count <= rows <= count + 1:
+            if not is_int(rows) or not count <= rows <= count + 1:
                 raise StoreError(f"invalid rows {rows!r} (must be task_count or task_count + 1)")
         log_count = attrs.get("log_count", 0)
-        if not _is_int(log_count) or not 0 <= log_count <= MAX_LOG_ROWS:
+        if not is_int(log_count) or not 0 <= log_count <= MAX_LOG_ROWS:
             raise StoreError(f"invalid log_count {log_count!r} (must be in [0, {MAX_LOG_ROWS}])")
         row_chunk = attrs.get("row_chunk", 1)
         widest = max(packed_bytes(net.mask_bits), RECORD_BYTES, 4 * net.stats_size)
         most = max(1, min(MAX_ROW_CHUNK, MAX_ROW_CHUNK_BYTES // widest))
-        if not _is_int(row_chunk) or not 1 <= row_chunk <= most:
+        if not is_int(row_chunk) or not 1 <= row_chunk <= most:
             raise StoreError(
                 f"invalid row_chunk {row_chunk!r} (must be in [1, {most}] for this network)"
             )
@@ -306,7 +306,7 @@ def _parse_slots(slots: Any) -> tuple[str, str] | None:
     return slots["mask_counts"], slots["score_sum"]
 
 
-def _slot_digest(row: np.ndarray, name: str) -> str:
+def slot_digest(row: np.ndarray, name: str) -> str:
     """sha256 of one mask_counts or score_sum row as little-endian bytes."""
     return hashlib.sha256(np.ascontiguousarray(row, dtype=SLOT_ARRAYS[name]).tobytes()).hexdigest()
 
@@ -378,16 +378,16 @@ class TaskRecord:
         if not isinstance(data.get("train", {}), dict):
             problems.append("'train' is not an object")
         seconds = data.get("seconds")
-        if seconds is not None and (not _is_number(seconds) or not seconds >= 0):
+        if seconds is not None and (not is_number(seconds) or not seconds >= 0):
             problems.append(f"'seconds' {seconds!r} is not a non-negative number")
         density = data.get("density")
-        if density is not None and (not _is_number(density) or not 0 < density <= 1):
+        if density is not None and (not is_number(density) or not 0 < density <= 1):
             problems.append(f"'density' {density!r} is not in (0, 1]")
         classes = data.get("classes")
         if (
             not isinstance(classes, list)
             or not classes
-            or not all(_is_int(c) for c in classes)
+            or not all(is_int(c) for c in classes)
             or not 0 <= min(classes) <= max(classes) < header.net.outputs
         ):
             problems.append(f"'classes' must be a non-empty list of outputs < {header.net.outputs}")
@@ -396,9 +396,9 @@ class TaskRecord:
         if not isinstance(data.get("sha256"), str) or not SHA256_PATTERN.fullmatch(data["sha256"]):
             problems.append("'sha256' is not 64 lowercase hex digits")
         accuracy = data.get("accuracy")
-        if accuracy is not None and not (_is_number(accuracy) and 0 <= accuracy <= 1):
+        if accuracy is not None and not (is_number(accuracy) and 0 <= accuracy <= 1):
             problems.append(f"'accuracy' {accuracy!r} is not in [0, 1]")
-        if not _is_int(data.get("revision", 0)) or data.get("revision", 0) < 0:
+        if not is_int(data.get("revision", 0)) or data.get("revision", 0) < 0:
             problems.append("'revision' is not a non-negative integer")
         if problems:
             raise StoreError(f"task {index}: invalid record: {'; '.join(problems)}")
@@ -411,9 +411,9 @@ def mask_checksum(packed: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(packed, dtype=np.uint8)).hexdigest()
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)

@@ -23,12 +23,12 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from .bits import unpack_mask
+from ..errors import ConfigError
+from ..format.bits import unpack_mask
+from ..format.header import FORMAT_VERSION, TaskRecord
+from ..model.nets import PerTaskStats
+from ..store import MaskStore
 from .data import image_source, load_task
-from .errors import ConfigError
-from .nets import PerTaskStats
-from .store import MaskStore
-from .store_header import FORMAT_VERSION, TaskRecord
 from .taskid import MaskBank, get_method, get_objective, infer_task
 from .train import check_classes, evaluate
 

@@ -23,6 +23,8 @@ from typing import Final
 
 import numpy as np
 
+from ..threads import cpu_threads
+
 KERNEL_ENV: Final = "SUPSUP_KERNEL"  # "0" turns the kernel off
 CACHE_ENV: Final = "SUPSUP_CACHE_DIR"
 DEFAULT_FLAGS: Final = ("-O3", "-march=native")
@@ -58,7 +60,7 @@ def build(flags: tuple[str, ...] = DEFAULT_FLAGS) -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "gcc"))
     if compiler is None:
         return None
-    source = resources.files("supsup_cli").joinpath("bitkernel.c").read_bytes()
+    source = resources.files("supsup_cli.kernels").joinpath("bitkernel.c").read_bytes()
     try:
         version = subprocess.run(
             [compiler, "--version"], capture_output=True, timeout=30, check=True
@@ -116,9 +118,7 @@ def kernel() -> ctypes.CDLL | None:
 
 
 def _threads() -> int:
-    import torch
-
-    return max(1, torch.get_num_threads())
+    return cpu_threads()
 
 
 def _lane_order(vector: np.ndarray, nbytes: int) -> np.ndarray:

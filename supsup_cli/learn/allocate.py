@@ -33,14 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import storage
-from .bits import pack_mask, unpack_mask
+from ..errors import ConfigError, StoreChangedError, StoreError
+from ..format.architectures import NetConfig
+from ..format.bits import pack_mask, unpack_mask
+from ..format.header import StoreHeader, mask_checksum
+from ..model.nets import build_net
+from ..model.supermask import ScoreMasks, bits_to_masks, split_flat
+from ..store import MaskStore
+from ..store import location as storage
 from .data import TaskData, expand_specs, load_task
-from .errors import ConfigError, StoreChangedError, StoreError
-from .nets import NetConfig, build_net
-from .store import MaskStore
-from .store_header import StoreHeader, mask_checksum
-from .supermask import ScoreMasks, bits_to_masks, split_flat
 from .taskid import alpha_gradient, get_objective
 from .train import (
     MAX_BATCH_SIZE,
@@ -503,7 +504,7 @@ class _Run:
             if stretch.new:
                 store.append_task(
                     bits,
-                    flat,
+                    flat.numpy(),
                     data=info.data,
                     classes=info.classes,
                     accuracy=accuracy,
@@ -517,7 +518,7 @@ class _Run:
                 store.replace_task(
                     stretch.index,
                     bits,
-                    flat - stretch.start_scores,
+                    (flat - stretch.start_scores).numpy(),
                     accuracy=accuracy,
                     train=train,
                     seconds=seconds,

@@ -17,7 +17,7 @@ from typing import Final
 import numpy as np
 import torch
 
-from .errors import DataSpecError
+from ..errors import DataSpecError
 
 MNIST_MEAN: Final = 0.1307
 MNIST_STD: Final = 0.3081

@@ -20,18 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bits import (
-    packed_matmul,
-    packed_matmul_torch,
-    packed_rmatvec,
-    packed_rmatvec_torch,
-    unpack_mask,
-)
+from ..errors import ConfigError
+from ..format.architectures import NetConfig
+from ..format.bits import unpack_mask
+from ..kernels.products import packed_matmul, packed_rmatvec
+from ..kernels.torch_products import packed_matmul_torch, packed_rmatvec_torch
+from ..model.nets import PerTaskStats, build_net
+from ..model.supermask import bits_to_masks, split_flat
+from ..store import MaskStore
 from .data import load_task
-from .errors import ConfigError
-from .nets import NetConfig, PerTaskStats, build_net
-from .store import MaskStore
-from .supermask import bits_to_masks, split_flat
 from .train import predict
 
 PER_MODES: Final = ("batch", "image")
@@ -153,7 +150,7 @@ class MaskBank:
         records = store.tasks()
         stats = None
         if store.net.stats_size:
-            stats = np.stack([store.read_task_stats(i).numpy() for i in kept])
+            stats = np.stack([store.read_task_stats(i) for i in kept])
         if stream:
             counts = store.mask_counts()
             if dropped:  # the stored counts include the dropped masks: sum the kept ones

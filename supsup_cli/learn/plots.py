@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
+from ..store import MaskStore
 from .evaluation import SCHEMA, SCHEMA_VERSION
 from .mask_algebra import mask_overlap
-from .store import MaskStore
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

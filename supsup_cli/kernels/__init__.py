@@ -1,0 +1,1 @@
+"""Products of packed masks with vectors and matrices: numpy, the C kernel, torch, Triton."""
