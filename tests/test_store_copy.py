@@ -44,8 +44,8 @@ def test_a_one_row_store_is_copied_into_many_rows_per_chunk(tmp_path: Path, monk
     copy = old.copy_to(tmp_path / "new.zarr")
     rows = store_module.default_row_chunk(NET)
     assert rows > 1 and copy.header.row_chunk == rows
-    assert copy._arrays["masks"].chunks == (rows, copy.header.mask_bytes)
-    assert copy._arrays["records"].chunks[0] == rows
+    assert copy.arrays["masks"].chunks == (rows, copy.header.mask_bytes)
+    assert copy.arrays["records"].chunks[0] == rows
     assert copy.tasks() == old.tasks()
     np.testing.assert_array_equal(copy.read_packed(), old.read_packed())
     np.testing.assert_array_equal(copy.mask_counts(), old.mask_counts())
@@ -79,7 +79,7 @@ def test_hopfield_packed_and_task_stats_survive_the_copy(
     assert answers(tmp_path / "c.zarr") == answers(source)
     assert answers(source)[0]["hopfield"] is not None
     copied = MaskStore.open(tmp_path / "c.zarr")
-    assert copied.header.packed is not None and copied._arrays["task_stats"].chunks[0] > 1
+    assert copied.header.packed is not None and copied.arrays["task_stats"].chunks[0] > 1
     np.testing.assert_array_equal(
         copied.read_task_stats(1), MaskStore.open(source).read_task_stats(1)
     )

@@ -156,7 +156,7 @@ def test_rows_are_reused_so_replacing_does_not_grow_the_store(tmp_path):
     replace(store, 3, 201)
     reopened = MaskStore.open(path)
     assert reopened.task_count == 4 and reopened.header.rows <= 5
-    assert reopened._arrays["masks"].shape[0] <= 5
+    assert reopened.arrays["masks"].shape[0] <= 5
     assert [r.revision for r in reopened.tasks()] == [3, 3, 2, 1]
     assert np.array_equal(reopened.read_mask(3), random_bits(201))
     assert np.array_equal(reopened.read_mask(1), random_bits(107))
