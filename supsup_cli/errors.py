@@ -9,6 +9,10 @@ class StoreError(SupsupError):
     """The store is missing, unreadable, corrupt, locked or from an unsupported format."""
 
 
+class StoreNotFoundError(StoreError):
+    """Nothing is at the store's path or URL (as opposed to something damaged there)."""
+
+
 class StoreMismatchError(StoreError):
     """An option or a data set contradicts what the existing store was made with."""
 
@@ -27,3 +31,8 @@ class ConfigError(SupsupError):
 
 class InputError(SupsupError):
     """An input file (image, array, path list) cannot be read or has the wrong shape."""
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (what the CLI prints), or its type when it has none."""
+    return " ".join(str(error).split()) or type(error).__name__

@@ -29,7 +29,6 @@ from supsup_cli.learn.hopfield import (
     batch_entropy,
     encode_tasks,
     energy,
-    hopfield_summary,
     load_memory,
     recover_batch,
     recover_batches,
@@ -148,7 +147,7 @@ def test_encode_stores_psi_and_verifies(tmp_path: Path) -> None:
     assert np.array_equal(psi, expected.numpy())
     assert np.array_equal(pattern_sum, (masks * 2 - 1).sum(0).numpy().astype(np.int32))
     assert store.verify() == []
-    assert hopfield_summary(store) == {
+    assert store.hopfield_summary() == {
         "tasks": [0, 1, 2],
         "dropped": [],
         "masks": "kept",
@@ -257,7 +256,7 @@ def test_drop_masks_keeps_a_verifiable_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="dropped"):
         store.read_mask(1)
     assert not [p for p in (path / "masks").rglob("c/*") if p.is_file()], "mask chunks gone"
-    assert hopfield_summary(store)["masks"] == "dropped"
+    assert store.hopfield_summary()["masks"] == "dropped"
     memory = load_memory(store)  # recovery still has what it needs
     assert memory.patterns == {} and len(memory.fingerprints) == 3
 

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ..format.rules import MASK_RULES
-from ..learn.allocate import (
-    ALLOCATE,
-    BUDGET,
-    CONTINUE,
-    DEFAULT_BUDGET,
-    DEFAULT_EPSILON,
-    DEFAULT_OUTPUTS,
-    DEFAULT_RULE,
-    AllocateConfig,
-    AuditRow,
-    StreamOutcome,
-    allocate_stream,
-    parse_stream,
-)
-from ..learn.taskid import OBJECTIVES
-from ..learn.train import CreationOptions
+from ..learn.choices import DEFAULT_ALLOCATE_OUTPUTS as DEFAULT_OUTPUTS
+from ..learn.choices import DEFAULT_ALLOCATE_RULE as DEFAULT_RULE
+from ..learn.choices import DEFAULT_BUDGET, DEFAULT_EPSILON, OBJECTIVES
 from ..store import MaskStore
 from .app import (
     DataRootOpt,
@@ -39,6 +26,9 @@ from .app import (
     say,
     stdout_console,
 )
+
+if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
+    from ..learn.allocate import AuditRow, StreamOutcome
 
 BUDGET_EXIT: Final = 3  # the budget of masks stopped the run (documented in the help)
 
@@ -87,7 +77,7 @@ def allocate_command(
         typer.Option(
             "--objective",
             help="What the one-shot gradient differentiates: "
-            + "; ".join(f"{o.name}: {o.help}" for o in OBJECTIVES.values())
+            + "; ".join(f"{name}: {text}" for name, text in OBJECTIVES.items())
             + ".",
         ),
     ] = "H",
@@ -150,6 +140,9 @@ def allocate_command(
     Exit codes: 0 done; 2 error (nothing half-written); 3 the --budget of masks was reached
     (the run stopped; masks learned until then are in the store).
     """
+    from ..learn.allocate import AllocateConfig, allocate_stream, parse_stream
+    from ..learn.train import CreationOptions
+
     config = AllocateConfig(
         batches_per_segment=batches_per_segment,
         check_every=check_every,
@@ -194,6 +187,8 @@ def allocate_command(
 
 def _announce(row: AuditRow, quiet: bool) -> None:
     """A line on stderr for each decision that changes which mask trains."""
+    from ..learn.allocate import ALLOCATE, BUDGET, CONTINUE
+
     if row.decision == CONTINUE:
         return
     where = f"batch {row.batch} (segment {row.segment}, {escape(row.data)})"

@@ -11,15 +11,18 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
-import torch
 import typer
+from rich import progress as bars
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..errors import ConfigError, SupsupError
+from ..errors import ConfigError, SupsupError, one_line
+from ..progress import Progress
+
+if TYPE_CHECKING:
+    import torch
 
 app = typer.Typer(
     name="supsup",
@@ -96,7 +99,7 @@ def command(
             except (SupsupError, OSError) as error:
                 if _state["debug"]:
                     traceback.print_exc()
-                message = " ".join(str(error).split()) or type(error).__name__
+                message = one_line(error)
                 # escape: a path or a store's text may hold '[...]', which rich reads as markup
                 console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
                 raise typer.Exit(2) from None
@@ -108,6 +111,8 @@ def command(
 
 def resolve_device(name: str) -> torch.device:
     """cpu, cuda or auto; asking for cuda without a GPU is a clear error, not a crash later."""
+    import torch  # here, not at the top: commands that need no network start without it
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -133,22 +138,22 @@ def say(message: str, quiet: bool = False, style: str | None = None) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, quiet: bool) -> Iterator[Callable[..., None]]:
+def progress_bar(description: str, total: int, quiet: bool) -> Iterator[Progress]:
     """A rich progress bar on stderr; off with --quiet or when stderr is not a terminal."""
     if quiet or not console.is_terminal:
-        yield lambda *args, **kwargs: None
+        yield lambda done, total, status="": None
         return
     columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
+        bars.TextColumn("{task.description}"),
+        bars.BarColumn(),
+        bars.MofNCompleteColumn(),
+        bars.TextColumn("{task.fields[status]}"),
+        bars.TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as progress:
+    with bars.Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(description, total=total, status="")
 
-        def advance(completed: int, status: str = "") -> None:
-            progress.update(task, completed=completed, status=status)
+        def advance(done: int, total: int, status: str = "") -> None:
+            progress.update(task, completed=done, total=total, status=status)
 
         yield advance

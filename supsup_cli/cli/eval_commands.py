@@ -6,14 +6,16 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from ..learn.evaluation import SCENARIOS, EvalReport, EvalSettings, evaluate_store, parse_counts
-from ..learn.taskid import METHODS, OBJECTIVES
+from ..learn.choices import METHODS, OBJECTIVES, SCENARIOS
 from .app import emit_json, progress_bar, resolve_device, stdout_console
+
+if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
+    from ..learn.evaluation import EvalReport, EvalSettings
 
 MAX_TABLE_ROWS = 50
 
@@ -95,9 +97,11 @@ def evaluate_many(
     csv_out: bool,
 ) -> None:
     """Run the evaluation the options describe and print it as JSON, CSV or a table."""
+    from ..learn.evaluation import evaluate_store
+
     if json_out and csv_out:
         raise typer.BadParameter("choose one of --json and --csv")
-    with progress_bar(f"evaluating {settings.scenario} (%)", 100, quiet) as advance:
+    with progress_bar(f"evaluating {settings.scenario}", 1, quiet) as advance:
         report = evaluate_store(
             store,
             specs,
@@ -106,7 +110,7 @@ def evaluate_many(
             data_root=data_root,
             device=resolve_device(device),
             command=command_line(ctx),
-            progress=lambda done, total: advance(100 * done // total),
+            progress=advance,
         )
     if json_out:
         emit_json(report.to_dict())
@@ -117,6 +121,8 @@ def evaluate_many(
 
 
 def checkpoints_option(text: str | None) -> tuple[int, ...]:
+    from ..learn.evaluation import parse_counts
+
     return () if text is None else parse_counts(text)
 
 

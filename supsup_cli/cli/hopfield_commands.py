@@ -6,23 +6,16 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import ConfigError
-from ..learn.data import expand_specs
-from ..learn.hopfield import (
-    MAX_STARTS,
-    BatchRecovery,
-    RecoveryConfig,
-    SpecRecovery,
-    encode_tasks,
-    recover_batches,
-    recover_specs,
-)
-from ..learn.inputs import read_inputs
+from ..learn.choices import MAX_STARTS
 from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, say
+
+if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
+    from ..learn.hopfield import BatchRecovery, RecoveryConfig, SpecRecovery
 
 HOPFIELD_METHOD = "hopfield"
 HOPFIELD_HELP = (
@@ -88,6 +81,8 @@ def hopfield_encode(
     json_out: JsonOpt = False,
 ) -> None:
     """Fold task masks into the store's Hopfield energy matrix Psi (Storkey rule), atomically."""
+    from ..learn.hopfield import encode_tasks
+
     outcome = encode_tasks(Path(store), None if tasks is None else parse_tasks(tasks), drop_masks)
     if json_out:
         emit_json(
@@ -111,7 +106,7 @@ def hopfield_encode(
 
 
 def hopfield_line(summary: dict[str, Any]) -> str:
-    """info's line about the energy matrix (summary from hopfield.hopfield_summary)."""
+    """info's line about the energy matrix (summary from StoreReader.hopfield_summary)."""
     return (
         f"hopfield: {len(summary['tasks'])} task(s) encoded ({_ranges(summary['tasks'])}), "
         f"d = {summary['d']:,}, Psi {summary['psi_bytes']:,} bytes {summary['dtype']}; "
@@ -147,10 +142,14 @@ def run_infer(
     json_out: bool,
 ) -> None:
     """`supsup infer --method hopfield`: images -> JSON lines; --data -> scores per spec."""
+    from ..learn.data import expand_specs
+    from ..learn.hopfield import RecoveryConfig, recover_batches, recover_specs
+    from ..learn.inputs import read_inputs
+
     config = RecoveryConfig(steps=steps, gamma=gamma, starts=starts)
     if data is not None:
         specs = expand_specs(data)
-        with progress_bar("recovering masks (%)", 100, quiet) as advance:
+        with progress_bar("recovering masks (batches)", 1, quiet) as advance:
             results = recover_specs(
                 Path(store),
                 specs,
@@ -158,7 +157,7 @@ def run_infer(
                 config,
                 data_root,
                 device,
-                progress=lambda done, total: advance(100 * done // total, f"batch {done}/{total}"),
+                progress=advance,
             )
         _render_specs(store, results, config, json_out)
         return

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import ConfigError
-from ..learn.data import expand_specs
-from ..learn.hopfield import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS
-from ..learn.inputs import read_inputs
-from ..learn.taskid import (
-    METHODS,
-    OBJECTIVES,
-    PER_MODES,
-    MaskBank,
-    SpecScore,
-    infer_task,
-    score_specs,
-)
+from ..learn.choices import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS, METHODS, OBJECTIVES
 from ..store import MaskStore
 from .app import (
     DataRootOpt,
@@ -37,9 +26,12 @@ from .app import (
 from .hopfield_commands import HOPFIELD_HELP, HOPFIELD_METHOD, GammaOpt, StartsOpt, StepsOpt
 from .hopfield_commands import run_infer as run_hopfield_infer
 
+if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
+    from ..learn.taskid import SpecScore
 
-def _choices(registry: dict) -> str:
-    return "; ".join(f"{name}: {entry.help}" for name, entry in registry.items())
+
+def _choices(registry: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {text}" for name, text in registry.items())
 
 
 @command("infer")
@@ -116,6 +108,10 @@ def infer(
 ) -> None:
     """Infer the task of unlabelled images (JSON lines: file, task, class, confidence) or score
     task inference on labelled data specs."""
+    from ..learn.data import expand_specs
+    from ..learn.inputs import read_inputs
+    from ..learn.taskid import PER_MODES, MaskBank, infer_task, score_specs
+
     if source is None and data is None:
         raise ConfigError("nothing to infer: give images (a folder, file or '-') or --data SPECS")
     if source is not None and data is not None:
@@ -146,7 +142,7 @@ def infer(
     if data is not None:
         bank = MaskBank.from_store(opened, target, stream=bool(stream_masks))
         specs = expand_specs(data)
-        with progress_bar("inferring (%)", 100, quiet) as advance:
+        with progress_bar("inferring (batches)", 1, quiet) as advance:
             scores = score_specs(
                 bank,
                 specs,
@@ -157,7 +153,7 @@ def infer(
                 objective=objective,
                 per=per,
                 data_root=data_root,
-                progress=lambda done, total: advance(100 * done // total, f"batch {done}/{total}"),
+                progress=advance,
             )
         _render_scores(str(store), scores, method, objective, per, json_out)
         return

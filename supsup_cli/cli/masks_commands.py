@@ -11,8 +11,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..learn.mask_algebra import MERGE_RULES, mask_overlap, merge_tasks
-from ..learn.mask_algebra import export_task as export_subnetwork
+from ..learn.choices import MERGE_RULES
 from ..store import MaskStore
 from .app import JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
 
@@ -50,6 +49,8 @@ def overlap(
     json_out: JsonOpt = False,
 ) -> None:
     """Task x task Jaccard index (shared / union of kept weights) and Hamming distance."""
+    from ..learn.mask_algebra import mask_overlap
+
     if csv_out and json_out:
         raise ConfigError("choose one of --csv and --json")
     result = mask_overlap(MaskStore.open(store), None if tasks is None else parse_tasks(tasks))
@@ -107,6 +108,8 @@ def merge(
     json_out: JsonOpt = False,
 ) -> None:
     """Append the merge of existing masks as a new task, recorded as derived from its parents."""
+    from ..learn.mask_algebra import merge_tasks
+
     record = merge_tasks(store, parse_tasks(tasks), rule)
     if json_out:
         emit_json({"store": str(store), **record.to_dict()})
@@ -132,6 +135,8 @@ def export(
     json_out: JsonOpt = False,
 ) -> None:
     """Write a task's subnetwork as dense tensors W ⊙ M, one per masked layer."""
+    from ..learn.mask_algebra import export_task as export_subnetwork
+
     result = export_subnetwork(store, task, out)
     if json_out:
         emit_json(

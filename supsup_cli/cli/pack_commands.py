@@ -50,9 +50,7 @@ def pack_command(
     opened = MaskStore.open(store, writable=out is None)
     rows = opened.header.row_count
     with progress_bar("packing", rows, quiet) as advance:
-        report = opened.pack(
-            codec, out, drop_raw, progress=lambda done, total: advance(done * rows // total)
-        )
+        report = opened.pack(codec, out, drop_raw, progress=advance)
     tasks = report.tasks
     mean_bits = statistics.mean(t.bits_per_weight for t in tasks) if tasks else 0.0
     mean_bound = statistics.mean(t.bound for t in tasks) if tasks else 0.0

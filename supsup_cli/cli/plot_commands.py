@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..learn.plots import FORMATS, plot_reports
+from ..learn.choices import PLOT_FORMATS as FORMATS
 from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, say
 
 
@@ -32,6 +32,8 @@ def plot(
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy vs tasks, accuracy vs bytes, task-id confusion (GNu reports) and mask overlap."""
+    from ..learn.plots import plot_reports
+
     written = plot_reports(
         store, reports or [], out, fmt, progress=lambda name: say(f"drawing {name}", quiet)
     )

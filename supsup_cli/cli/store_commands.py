@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreNotFoundError
 from ..format.rules import MASK_RULES
-from ..learn.data import expand_specs
-from ..learn.evaluation import EvalSettings
-from ..learn.hopfield import hopfield_summary
-from ..learn.train import CreationOptions, TrainConfig, evaluate_task, train_task
 from ..store import MaskStore
 from .allocate_commands import show_log
 from .app import (
@@ -41,6 +37,9 @@ from .eval_commands import (
     evaluate_many,
 )
 from .hopfield_commands import hopfield_line
+
+if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
+    from ..learn.train import CreationOptions
 
 ArchOpt = Annotated[
     str | None,
@@ -82,6 +81,8 @@ DensityOpt = Annotated[
 
 
 def _creation(arch, outputs, seed, mask_rule, density) -> CreationOptions:
+    from ..learn.train import CreationOptions
+
     return CreationOptions(
         arch=arch, outputs=outputs, seed=seed, mask_rule=mask_rule, density=density
     )
@@ -144,6 +145,8 @@ def train_task_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Learn one task's supermask on the fixed weights; append it to the store (made if absent)."""
+    from ..learn.train import TrainConfig, train_task
+
     config = TrainConfig(
         lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
     )
@@ -155,7 +158,7 @@ def train_task_command(
             config,
             data_root,
             resolve_device(device),
-            progress=lambda step, loss: advance(step, f"loss {loss:.3f}"),
+            progress=advance,
         )
     record = outcome.record
     if json_out:
@@ -210,6 +213,10 @@ def eval_command(
     One task in GG prints one line (or a small JSON object); anything more prints the full
     report: per task, checkpoints, task-id confusion, forgetting, bytes, store identity, command.
     """
+    from ..learn.data import expand_specs
+    from ..learn.evaluation import EvalSettings
+    from ..learn.train import evaluate_task
+
     specs = None if data is None else expand_specs(data)
     single = task is not None or (specs is not None and len(specs) == 1)
     if not single or scenario != "GG" or csv_out or images is not None or checkpoints:
@@ -277,7 +284,7 @@ def info(
         "task_count": header.task_count,
         "stored_bytes": opened.stored_bytes(),
         "tasks": [r.to_dict() for r in records],
-        "hopfield": hopfield_summary(opened),
+        "hopfield": opened.hopfield_summary(),
     }
     if json_out:
         emit_json(summary)
@@ -320,9 +327,9 @@ def verify(store: StoreArg, json_out: JsonOpt = False) -> None:
     """Check what the format spec says a reader MUST check: exit 0 if sound, 1 if not."""
     try:
         problems = MaskStore.open(store).verify()
+    except StoreNotFoundError:
+        raise
     except StoreError as error:
-        if "no such store" in str(error):
-            raise
         problems = [str(error)]
     if json_out:
         emit_json({"store": str(store), "ok": not problems, "problems": problems})
@@ -362,7 +369,7 @@ def copy_store(
     with progress_bar("copying (%)", 100, quiet) as advance:
 
         def show(done: int, total: int) -> None:
-            advance(done * 100 // max(1, total), f"{done / 1e6:,.0f} of {total / 1e6:,.0f} MB")
+            advance(done * 100 // max(1, total), 100, f"{done / 1e6:,.0f} of {total / 1e6:,.0f} MB")
 
         written = source.copy_to(target, show)
     summary = {

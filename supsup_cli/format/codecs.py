@@ -19,7 +19,7 @@ Codecs (the registry users pick from with `--codec`):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,6 +27,7 @@ import constriction
 import numpy as np
 
 from ..errors import ConfigError, StoreError
+from ..progress import Progress
 from .bits import pack_mask, packed_bytes, unpack_mask
 
 COUNT_BYTES: Final = 4
@@ -35,8 +36,6 @@ AUTO: Final = "auto"  # not a codec: encode with each and keep the smallest (see
 DEFAULT_CODEC: Final = AUTO
 # A context codec decodes task t only after tasks 0..t-1; `auto` takes it only for a real gain.
 CONTEXT_MIN_GAIN: Final = 0.01
-
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ def encode_packed(
     codec: Codec,
     packed: Sequence[np.ndarray | None],
     site_sizes: Sequence[int],
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> list[bytes]:
     """Bit-packed masks (ceil(D/8),) in task order -> one blob per task.
 
@@ -184,7 +183,7 @@ def encode_store(
     name: str,
     packed: Sequence[np.ndarray | None],
     site_sizes: Sequence[int],
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Codec, list[bytes]]:
     """Blobs of every row with the named codec; `auto` encodes with each codec and keeps the
     smallest total (a context codec only if it saves CONTEXT_MIN_GAIN, for its sequential reads).

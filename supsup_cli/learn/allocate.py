@@ -39,6 +39,7 @@ from ..format.bits import pack_mask, unpack_mask
 from ..format.header import StoreHeader, mask_checksum
 from ..model.nets import build_net
 from ..model.supermask import ScoreMasks, bits_to_masks, split_flat
+from ..progress import Progress
 from ..store import MaskStore
 from ..store import location as storage
 from .data import TaskData, expand_specs, load_task
@@ -288,7 +289,6 @@ class StreamOutcome:
         return out
 
 
-ProgressCallback = Callable[[int, str], None]
 DecisionCallback = Callable[[AuditRow], None]
 
 
@@ -677,7 +677,7 @@ def allocate_stream(
     options: CreationOptions | None = None,
     data_root: Path | None = None,
     device: torch.device | str = "cpu",
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     on_decision: DecisionCallback | None = None,
 ) -> StreamOutcome:
     """Learn a stream of data segments without task identity (NNs), writing masks as it goes.
@@ -692,7 +692,7 @@ def allocate_stream(
     datas = {spec: load_task(spec, data_root) for spec in dict.fromkeys(specs)}
     for data in datas.values():
         check_classes(data.classes, run.net_config)
-    batch, stopped = 0, False
+    batch, stopped, total = 0, False, len(specs) * config.batches_per_segment
     for segment, spec in enumerate(specs):
         data = datas[spec]
         seed = segment_seed(config.shuffle_seed, segment)
@@ -703,7 +703,7 @@ def allocate_stream(
             run.train_step(data, x, y)
             batch += 1
             if progress is not None:
-                progress(batch, f"{run.known} masks")
+                progress(batch, total, f"{run.known} masks")
         if stopped:
             break
     run.commit()

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..format.bits import unpack_mask
 from ..format.header import FORMAT_VERSION, TaskRecord
 from ..model.nets import PerTaskStats
+from ..progress import Progress
 from ..store import MaskStore
 from .data import image_source, load_task
 from .taskid import MaskBank, get_method, get_objective, infer_task
@@ -56,7 +57,6 @@ CSV_COLUMNS: Final = (
     "command",
 )
 
-ProgressCallback = Callable[[int, int], None]
 # (bank of the first k tasks, images (n, 784)) -> (inferred task (n,), predicted class (n,))
 InferFunction = Callable[[MaskBank, torch.Tensor], tuple[np.ndarray, np.ndarray]]
 
@@ -356,7 +356,7 @@ def evaluate_store(
     data_root: Path | None = None,
     device: torch.device | str = "cpu",
     command: str = "",
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     infer: InferFunction | None = None,
 ) -> EvalReport:
     """Evaluate stored tasks on their test data (the first `settings.images` of each).

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from ..format.bits import pack_mask, unpack_mask
 from ..format.header import MAX_HOPFIELD_BITS, mask_checksum
 from ..model.nets import PerTaskStats, build_net
 from ..model.supermask import scores_to_mask, split_flat
+from ..progress import Progress
 from ..store import MaskStore
 from .data import load_task
 
@@ -171,23 +172,6 @@ def encode_tasks(
         store.drop_masks(store.header.hopfield.tasks)
     final = store.header.hopfield
     return EncodeOutcome(tuple(new), final.tasks, final.dropped, d, d * d * 4)
-
-
-def hopfield_summary(store: MaskStore) -> dict[str, Any] | None:
-    """What `info` shows of the energy: tasks encoded, d, Psi's bytes, masks kept or dropped."""
-    state = store.header.hopfield
-    if state is None:
-        return None
-    d = store.header.mask_bits
-    masks = "kept" if not state.dropped else "dropped" if state.dropped == state.tasks else "some"
-    return {
-        "tasks": list(state.tasks),
-        "dropped": list(state.dropped),
-        "masks": masks,
-        "d": d,
-        "dtype": "float32",
-        "psi_bytes": d * d * 4,
-    }
 
 
 # -- recovery ----------------------------------------------------------------------------------
@@ -417,17 +401,17 @@ def recover_batches(
     batch_size: int = DEFAULT_BATCH_SIZE,
     config: RecoveryConfig = RecoveryConfig(),
     device: torch.device | str = "cpu",
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[BatchRecovery]:
     """Hopfield task inference on x (n, 784): one recovered mask per batch of `batch_size` rows
-    (a last batch shorter than two rows joins the one before). `progress(rows_done)`."""
+    (a last batch shorter than two rows joins the one before). `progress(rows done, rows)`."""
     bounds = batch_bounds(len(x), batch_size)
     memory = load_memory(MaskStore.open(store_path), device, config.starts)
     results = []
     for first, end in bounds:
         results.append(recover_batch(memory, x[first:end], first, config))
         if progress is not None:
-            progress(end)
+            progress(end, len(x))
     return results
 
 
@@ -460,7 +444,7 @@ def recover_specs(
     config: RecoveryConfig = RecoveryConfig(),
     data_root: Path | None = None,
     device: torch.device | str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[SpecRecovery]:
     """Recover a mask per test batch of each spec and score it against the task trained there.
     `progress(batches_done, batches_total)`."""

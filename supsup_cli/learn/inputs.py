@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .data import normalise
 
 IMAGE_SUFFIXES: Final = (".png", ".jpg", ".jpeg")
@@ -114,7 +114,7 @@ def _read_image(path: Path) -> np.ndarray:
                     grey = grey.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
                 return np.array(grey, dtype=np.uint8)  # a writable copy
     except (OSError, UnidentifiedImageError, ValueError, *bombs) as error:
-        raise InputError(f"{path}: cannot read the image ({_reason(error)})") from error
+        raise InputError(f"{path}: cannot read the image ({one_line(error)})") from error
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -128,7 +128,7 @@ def _read_array(path: Path) -> np.ndarray:
         # mapping, before anything of its claimed size is allocated
         array = np.array(np.load(path, allow_pickle=False, mmap_mode="r"))
     except (OSError, ValueError, EOFError) as error:
-        raise InputError(f"{path}: cannot read the array ({_reason(error)})") from error
+        raise InputError(f"{path}: cannot read the array ({one_line(error)})") from error
     if array.ndim == 2 and array.shape[1] == SIDE * SIDE:
         array = array.reshape(-1, SIDE, SIDE)
     elif array.shape == (SIDE, SIDE):  # np.save of a single image
@@ -142,7 +142,3 @@ def _read_array(path: Path) -> np.ndarray:
     if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
         raise InputError(f"{path}: float images must hold finite values in [0, 1]")
     return array.astype(np.float32)
-
-
-def _reason(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from ..format.header import TaskRecord
 from ..format.rules import check_rule
 from ..model.nets import PerTaskStats, build_net
 from ..model.supermask import ScoreMasks, bits_to_masks, kaiming_uniform_scores, split_flat
+from ..progress import Progress
 from ..store import MaskStore
 from .data import TaskData, load_task
 
@@ -31,8 +32,6 @@ MAX_BATCHES: Final = 10_000_000
 MAX_BATCH_SIZE: Final = 65_536
 SGD_MOMENTUM: Final = 0.9
 OPTIMIZERS: Final = ("rmsprop", "sgd")
-
-ProgressCallback = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def train_mask(
     config: TrainConfig,
     scores: Sequence[torch.Tensor],
     device: torch.device | str = "cpu",
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Edge-popup: RMSprop or SGD on the scores, cross-entropy through the straight-through mask.
 
@@ -125,7 +124,7 @@ def train_mask(
         optimizer.step()
         if progress is not None:
             loss_value = loss.item()
-            progress(step + 1, loss_value)
+            progress(step + 1, config.batches, f"loss {loss_value:.3f}")
     if progress is None:
         loss_value = loss.item()
     net.eval()
@@ -226,7 +225,7 @@ def train_task(
     config: TrainConfig,
     data_root: Path | None = None,
     device: torch.device | str = "cpu",
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> TaskOutcome:
     """Learn one mask on a data spec and append it, creating the store first if absent.
 

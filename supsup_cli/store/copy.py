@@ -25,6 +25,7 @@ from ..format.header import (
     PackedState,
     StoreHeader,
 )
+from ..progress import Progress
 from . import layout, location
 from .faults import COPY_FAULT_STEP, fault_point
 from .layout import (
@@ -49,7 +50,7 @@ def pack(
     codec: str = codecs.DEFAULT_CODEC,
     out: str | Path | None = None,
     drop_raw: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> codecs.PackReport:
     """Entropy-code every mask row (codecs.py; codec `auto`: the smallest) into the `packed`
     array: beside the raw rows in place, or in a new store at `out`, without the raw rows if
@@ -107,7 +108,7 @@ def pack(
 
 
 def copy_to(
-    store: StoreReader, target: str | Path, progress: Callable[[int, int], None] | None = None
+    store: StoreReader, target: str | Path, progress: Progress | None = None
 ) -> StoreReader:
     """This store, whole, at a new path or URL, in the current layout: masks, records and
     task_stats in chunks of default_row_chunk rows (stores from before `row_chunk` read

@@ -14,7 +14,7 @@ from typing import Any, Final
 import numpy as np
 import zarr
 
-from ..errors import StoreError, SupsupError
+from ..errors import StoreError, SupsupError, one_line
 from ..format.architectures import NetConfig
 from ..format.bits import packed_bytes
 from ..format.header import (
@@ -282,10 +282,6 @@ def encode_log_row(row: dict[str, Any]) -> np.ndarray:
     encoded = np.zeros(LOG_BYTES, dtype=np.uint8)
     encoded[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     return encoded
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def checked_hopfield_arrays(

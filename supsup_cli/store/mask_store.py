@@ -3,7 +3,7 @@ transaction of writer.py, and verifies and copies itself (verify.py, copy.py).""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,9 @@ import numpy as np
 from ..format import codecs
 from ..format.architectures import NetConfig
 from ..format.header import HopfieldState, StoreHeader, TaskRecord
+from ..progress import Progress
 from . import copy, location, verify, writer
 from .reader import StoreReader
-
-ProgressCallback = Callable[[int, int], None]  # (done, total)
 
 
 class MaskStore(StoreReader):
@@ -146,7 +145,7 @@ class MaskStore(StoreReader):
         codec: str = codecs.DEFAULT_CODEC,
         out: str | Path | None = None,
         drop_raw: bool = False,
-        progress: ProgressCallback | None = None,
+        progress: Progress | None = None,
     ) -> codecs.PackReport:
         """Range-code every mask, in place or into a new store at `out` (copy.pack)."""
         report = copy.pack(self, codec, out, drop_raw, progress)
@@ -154,7 +153,7 @@ class MaskStore(StoreReader):
             self.adopt(StoreReader.open(self.path, writable=True))
         return report
 
-    def copy_to(self, target: str | Path, progress: ProgressCallback | None = None) -> MaskStore:
+    def copy_to(self, target: str | Path, progress: Progress | None = None) -> MaskStore:
         """This store, whole, at a new path or URL, verified (copy.copy_to)."""
         copied = copy.copy_to(self, target, progress)
         return MaskStore(copied.path, copied.group, copied.header)

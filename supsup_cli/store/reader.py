@@ -15,7 +15,14 @@ from typing import Any, Final
 import numpy as np
 import zarr
 
-from ..errors import ConfigError, StoreError, StoreMismatchError, SupsupError
+from ..errors import (
+    ConfigError,
+    StoreError,
+    StoreMismatchError,
+    StoreNotFoundError,
+    SupsupError,
+    one_line,
+)
 from ..format import codecs
 from ..format.architectures import NetConfig
 from ..format.bits import unpack_mask
@@ -38,7 +45,6 @@ from .layout import (
     checked_arrays,
     checked_hopfield_arrays,
     chunk_limit,
-    one_line,
     zarr_store,
 )
 
@@ -77,7 +83,7 @@ class StoreReader:
         """Open and check a store; any problem is one StoreError naming the path."""
         path = location.normalise(path)
         if not location.exists(path):
-            raise StoreError(f"{path}: no such store")
+            raise StoreNotFoundError(f"{path}: no such store")
         limits = location.ReadLimits()  # metadata-sized until the header says what chunks hold
         try:
             store = zarr_store(path, writable, limits)
@@ -357,6 +363,23 @@ class StoreReader:
     def dropped_tasks(self) -> tuple[int, ...]:
         """Tasks whose mask rows were dropped after Hopfield encoding (only Psi holds them)."""
         return () if self.header.hopfield is None else self.header.hopfield.dropped
+
+    def hopfield_summary(self) -> dict[str, Any] | None:
+        """What `info` shows of the energy: tasks encoded, d, Psi's bytes, masks kept or dropped."""
+        state = self.header.hopfield
+        if state is None:
+            return None
+        d = self.header.mask_bits
+        dropped = state.dropped
+        masks = "kept" if not dropped else "dropped" if dropped == state.tasks else "some"
+        return {
+            "tasks": list(state.tasks),
+            "dropped": list(dropped),
+            "masks": masks,
+            "d": d,
+            "dtype": "float32",
+            "psi_bytes": d * d * 4,
+        }
 
     def read_hopfield(self) -> tuple[np.ndarray, np.ndarray]:
         """Psi float32 (d, d) and the sum of the encoded +-1 patterns int32 (d,), checksummed."""

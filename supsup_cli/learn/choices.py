@@ -1,0 +1,36 @@
+"""The names and defaults a user types for learning commands, without importing torch: the CLI's
+help texts take them from here, and the modules that implement them (whose registries a test
+checks against these names) take their defaults from here."""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCENARIOS: Final = ("GG", "GNu")  # evaluation: task given, or inferred among the stored tasks
+# Task inference (learn/taskid.py registers one implementation under each name).
+METHODS: Final = {
+    "one-shot": "one gradient of the objective at the uniform superposition (fast)",
+    "binary": "halve the candidate tasks log2(k) times by the superposition's gradient",
+    "exhaustive": "one forward pass per stored mask, lowest objective wins (slow baseline)",
+}
+OBJECTIVES: Final = {
+    "H": "entropy of the softmax outputs (low when the mask fits)",
+    "G": "logsumexp of the superfluous outputs (needs a store made with more outputs than "
+    "classes, e.g. --outputs 100)",
+}
+PER_MODES: Final = ("batch", "image")  # one task per batch, or per image
+MERGE_RULES: Final = ("and", "or", "majority")  # mask algebra
+PLOT_FORMATS: Final = ("png", "svg")
+
+# Hopfield recovery (learn/hopfield.py)
+DEFAULT_STEPS: Final = 30
+DEFAULT_GAMMA: Final = 1.5e-3
+# Random starts whose minima of E become candidate masks (0: the descent's mask alone).
+DEFAULT_STARTS: Final = 64
+MAX_STARTS: Final = 4096
+
+# Allocation without task labels (learn/allocate.py)
+DEFAULT_EPSILON: Final = 2.0**-3  # threshold (1 + ε)/k'; the paper found 1.1..1.2 best
+DEFAULT_BUDGET: Final = 2500  # the paper's budget of masks
+DEFAULT_ALLOCATE_OUTPUTS: Final = 100  # superfluous outputs make -∂H/∂α decisive
+DEFAULT_ALLOCATE_RULE: Final = "sign"  # GNu/NNs masks: score >= 0, about half the weights
