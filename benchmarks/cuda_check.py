@@ -270,7 +270,7 @@ def unfused():
 
 
 def block_sweep(packed: torch.Tensor, vector: torch.Tensor, mask_bits: int) -> str:
-    """ms of the fused vector product for other block shapes than triton_bitkernel's."""
+    """ms of the fused vector product for other block shapes than kernels/triton_kernel.py's."""
     from supsup_cli.kernels import triton_kernel as kernel
 
     lines = ["| rows per program | bytes per step | ms |", "|---|---|---|"]

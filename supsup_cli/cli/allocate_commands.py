@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ..format.rules import MASK_RULES
 from ..learn.choices import DEFAULT_ALLOCATE_OUTPUTS as DEFAULT_OUTPUTS
@@ -202,6 +201,8 @@ def _announce(row: AuditRow, quiet: bool) -> None:
 
 
 def _summary(outcome: StreamOutcome) -> None:
+    from rich.table import Table
+
     out = stdout_console()
     new = len(outcome.allocated)
     out.print(

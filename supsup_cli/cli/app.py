@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
-from rich import progress as bars
 from rich.console import Console
 from rich.markup import escape
 
@@ -143,6 +142,8 @@ def progress_bar(description: str, total: int, quiet: bool) -> Iterator[Progress
     if quiet or not console.is_terminal:
         yield lambda done, total, status="": None
         return
+    from rich import progress as bars
+
     columns = (
         bars.TextColumn("{task.description}"),
         bars.BarColumn(),

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from ..learn.choices import METHODS, OBJECTIVES, SCENARIOS
 from .app import emit_json, progress_bar, resolve_device, stdout_console
@@ -128,6 +127,8 @@ def checkpoints_option(text: str | None) -> tuple[int, ...]:
 
 def render(report: EvalReport) -> None:
     """The human view: a per-task table (when short) and the summary."""
+    from rich.table import Table
+
     out = stdout_console()
     summary, settings = report.summary(), report.settings
     final = report.final

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ..errors import ConfigError
 from ..learn.choices import MERGE_RULES
@@ -49,6 +48,8 @@ def overlap(
     json_out: JsonOpt = False,
 ) -> None:
     """Task x task Jaccard index (shared / union of kept weights) and Hamming distance."""
+    from rich.table import Table
+
     from ..learn.mask_algebra import mask_overlap
 
     if csv_out and json_out:

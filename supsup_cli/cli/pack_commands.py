@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ..format.codecs import AUTO, CODECS, DEFAULT_CODEC
 from ..store import MaskStore
@@ -47,13 +45,15 @@ def pack_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Entropy-code every mask near the information bound; print bits/weight vs H2(density)."""
+    from rich.table import Table
+
     opened = MaskStore.open(store, writable=out is None)
     rows = opened.header.row_count
     with progress_bar("packing", rows, quiet) as advance:
         report = opened.pack(codec, out, drop_raw, progress=advance)
     tasks = report.tasks
-    mean_bits = statistics.mean(t.bits_per_weight for t in tasks) if tasks else 0.0
-    mean_bound = statistics.mean(t.bound for t in tasks) if tasks else 0.0
+    mean_bits = sum(t.bits_per_weight for t in tasks) / len(tasks) if tasks else 0.0
+    mean_bound = sum(t.bound for t in tasks) / len(tasks) if tasks else 0.0
     if json_out:
         emit_json(
             {

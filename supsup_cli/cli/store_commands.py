@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ..errors import StoreError, StoreNotFoundError
 from ..format.rules import MASK_RULES
@@ -267,6 +266,8 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """What a store holds: seed, network, mask rule, tasks and bytes."""
+    from rich.table import Table
+
     opened = MaskStore.open(store)
     if log:
         show_log(opened, json_out)

@@ -1,6 +1,6 @@
 /* Products of bit-packed masks with float vectors, without writing unpacked floats.
  *
- * Built at first use by supsup_cli/bitkernel.py (gcc -O3 -march=native) and loaded with ctypes;
+ * Built at first use by supsup_cli/kernels/c_kernel.py (gcc -O3 -march=native) and loaded with ctypes;
  * numpy code is the fallback. Masks are rows of `nbytes` bytes. The vectors here are in "lane
  * order": within each group of 8 floats the order is reversed, so that bit b (least significant
  * first) of byte j pairs with element 8j + b. Python reverses the groups (np.packbits stores the

@@ -283,8 +283,8 @@ class StoreReader:
         return out
 
     def mask_rows(self, rows: np.ndarray, on_slab: SlabHook | None = None) -> np.ndarray:
-        """Mask bytes (n, B) of the given rows: raw, or decoded from their blobs (pack.py) where
-        the raw rows were dropped (reader rule R12); `on_slab` as in _read_rows."""
+        """Mask bytes (n, B) of the given rows: raw, or decoded from their blobs (format/codecs.py)
+        where the raw rows were dropped (reader rule R12); `on_slab` as in read_rows."""
         state = self.header.packed
         if state is None or not state.dropped:
             return self.read_rows("masks", rows, on_slab)
@@ -349,7 +349,7 @@ class StoreReader:
             rows.append(value)
         return rows
 
-    # -- per-task statistics and the Hopfield energy (hopfield.py computes, this keeps bytes) ---
+    # -- per-task statistics and the Hopfield energy (learn/hopfield.py computes) ---
     def read_task_stats(self, index: int) -> np.ndarray:
         """One task's BatchNorm statistics, float32 (stats_size,), for nets that keep them."""
         self.check_index(index)
