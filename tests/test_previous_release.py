@@ -44,8 +44,7 @@ def test_old_stores_read_and_verify(old_store: tuple[str, Path]) -> None:
 def test_old_stores_infer_the_same_tasks_and_classes(old_store: tuple[str, Path]) -> None:
     name, path = old_store
     expected = [
-        json.loads(line)
-        for line in (FIXTURES / f"{name}.digits.json").read_text().splitlines()
+        json.loads(line) for line in (FIXTURES / f"{name}.digits.json").read_text().splitlines()
     ]
     digits = str(FIXTURES / "digits.npy")
     per = "batch" if name == "bn" else "image"  # BatchNorm without a task: batch statistics

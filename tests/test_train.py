@@ -62,7 +62,7 @@ def test_loss_falls_and_accuracy_beats_chance() -> None:
         0.5,
         TrainConfig(batches=120),
         initial_scores(config.mask_shapes, 0, None),
-        progress=lambda step, loss: losses.append(loss),
+        progress=lambda step, total, status: losses.append(float(status.removeprefix("loss "))),
     )
     assert len(losses) == 120 and np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.5
     assert result.accuracy > 0.6 and result.mask_bits.mean() == pytest.approx(0.5, abs=1e-3)
