@@ -433,6 +433,7 @@ def main() -> None:
     code, _, _ = cli("verify", str(perm))
     rows.append(("verify the cuda-trained store", code == 0, None, None))
 
+    timings: list[tuple[str, float, float]] = []  # stays empty with --skip timings
     if "timings" not in skip:
         timings = gpu_timings(args.tasks, 500)
         print(f"\nk = {args.tasks}, lenet-300-100, 500 outputs, batch 128, on the GPU:\n")

@@ -40,7 +40,9 @@ def test_writers_started_together_on_a_new_store_lose_nothing(tmp_path: Path) ->
         for spec in specs
     ]
     states_seen, retries = set(), 0
-    while any(w.poll() is None for w in writers):  # read alongside the writers
+    deadline = time.monotonic() + 600  # only ends a hung run: nothing asserted is a duration
+    while any(w.poll() is None for w in writers):  # read alongside the writers, until all exit
+        assert time.monotonic() < deadline, "the writers hung"
         try:
             store = MaskStore.open(path)
             assert store.verify() == []
@@ -49,7 +51,7 @@ def test_writers_started_together_on_a_new_store_lose_nothing(tmp_path: Path) ->
             reasons = ("no such store", "no zarr.json", "not a supsup store", "run again")
             assert any(reason in str(error) for reason in reasons), error
             retries += 1
-        time.sleep(0.05)
+        time.sleep(0.05)  # pacing only: leave the shared CPU to the writers
     outcomes = [finish(w) for w in writers]
     assert sum(o["created_store"] for o in outcomes) == 1
     assert sorted(o["index"] for o in outcomes) == list(range(WRITERS))

@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pytest
 import torch
+import zarr.storage._local as local_store
 
 from supsup_cli.format.architectures import NetConfig
-from supsup_cli.store import MaskStore
+from supsup_cli.store import MaskStore, layout
 from supsup_cli.store.faults import COPY_FAULT_STEP, FAULT_ENV, FAULT_STEPS
 from supsup_cli.store.layout import write_lock as _write_lock
 
@@ -64,7 +66,50 @@ def _append_forever(path: Path, first_seed: int) -> None:
 def _hold_lock(path: Path, ready: Any) -> None:
     with _write_lock(str(path)):
         ready.set()
-        time.sleep(600)
+        time.sleep(600)  # until the test kills it (the bound only ends an orphaned child)
+
+
+class _TornFile:
+    """A file that takes half of what is written to it, then its process is SIGKILLed."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.handle.write(view[: len(view) // 2])
+        self.handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+        return 0  # never reached
+
+
+@contextmanager
+def file_writes(seen: Callable[[str], Any], kill_at: int = 0, torn: bool = False) -> Iterator[None]:
+    """Tell `seen` the path of each file zarr writes (aside, then renamed into place) before it is
+    written. The `kill_at`-th is SIGKILLed: before it is opened, or (torn) with half its bytes
+    written aside."""
+    real, count = local_store._atomic_write, [0]
+
+    @contextmanager
+    def write(path: Path, mode: str, exclusive: bool = False) -> Iterator[Any]:
+        count[0] += 1
+        number = count[0]
+        seen(str(path))
+        if number == kill_at and not torn:
+            os.kill(os.getpid(), signal.SIGKILL)
+        with real(path, mode, exclusive=exclusive) as handle:
+            yield _TornFile(handle) if number == kill_at else handle
+
+    local_store._atomic_write = write
+    try:
+        yield
+    finally:
+        local_store._atomic_write = real
+
+
+def _append_killed_at_file_write(path: Path, kill_at: int, torn: bool, sink: Any) -> None:
+    with file_writes(sink.send, kill_at, torn):
+        _append_forever(path, 100 * kill_at)
 
 
 def run_child(target, *args) -> int:  # noqa: ANN001
@@ -95,9 +140,9 @@ def two_task_store(tmp_path: Path) -> Path:
 def test_append_killed_at_each_step(two_task_store: Path, step: str) -> None:
     assert run_child(_append_with_fault, two_task_store, step, 3) == -signal.SIGKILL
     count = assert_sound(two_task_store, {3} if step == "committed" else {2})
-    started = time.monotonic()
-    append_random_task(two_task_store, 4)  # the dead writer's lock is gone with it
-    assert time.monotonic() - started < 30
+    with pytest.MonkeyPatch.context() as patch:  # one try at the lock: it must be free at once
+        patch.setattr(layout, "LOCK_TIMEOUT_SECONDS", 0.0)
+        append_random_task(two_task_store, 4)  # the dead writer's lock is gone with it
     assert_sound(two_task_store, {count + 1})
 
 
@@ -111,17 +156,25 @@ def test_creation_killed_at_each_step(tmp_path: Path, step: str) -> None:
     assert_sound(path, {1})
 
 
-def test_random_kills_never_break_the_store(two_task_store: Path) -> None:
-    """SIGKILL at random moments, also inside zarr's own writes (aside files, renames)."""
-    rng = random.Random(0)
-    count = 2
-    for kill in range(20):
-        child = FORK.Process(target=_append_forever, args=(two_task_store, 100 * (kill + 1)))
-        child.start()
-        time.sleep(rng.uniform(0.0, 0.4))
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
-        count = assert_sound(two_task_store, set(range(count, count + 100)))
+@pytest.mark.parametrize("torn", [False, True], ids=["between-files", "torn-file"])
+def test_kills_at_every_file_write_never_break_the_store(two_task_store: Path, torn: bool):
+    """SIGKILL at each file of two appends in a row, also halfway through zarr's own writes (a
+    torn aside file): each time the store holds exactly the appends whose header was written."""
+    written: list[str] = []
+    with file_writes(written.append):
+        append_random_task(two_task_store, 3)
+    header, count = two_task_store / "zarr.json", 3
+    for kill_at in range(1, 2 * len(written) + 1):
+        reader, sink = FORK.Pipe(duplex=False)
+        with reader, sink:
+            code = run_child(_append_killed_at_file_write, two_task_store, kill_at, torn, sink)
+            assert code == -signal.SIGKILL
+            paths = [reader.recv() for _ in range(kill_at)]  # the child's writes, the last killed
+            assert not reader.poll()
+        commits = sum(Path(p) == header for p in paths[:-1])
+        if torn:
+            assert list(two_task_store.rglob("*.partial")), "a torn write leaves its aside file"
+        count = assert_sound(two_task_store, {count + commits})
     append_random_task(two_task_store, 1)  # the next writer clears the aside files, then appends
     assert not list(two_task_store.rglob("*.partial"))
     assert_sound(two_task_store, {count + 1})
@@ -136,9 +189,9 @@ def test_a_writer_killed_while_holding_the_lock_does_not_block_the_next(
     assert ready.wait(30)
     os.kill(holder.pid, signal.SIGKILL)
     holder.join()
-    started = time.monotonic()
-    append_random_task(two_task_store, 3)
-    assert time.monotonic() - started < 5  # flock died with its holder: no stale lock, no wait
+    with pytest.MonkeyPatch.context() as patch:  # one try at the lock, no waiting
+        patch.setattr(layout, "LOCK_TIMEOUT_SECONDS", 0.0)
+        append_random_task(two_task_store, 3)  # flock died with its holder: no stale lock
     assert_sound(two_task_store, {3})
 
 

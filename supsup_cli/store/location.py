@@ -19,12 +19,13 @@ import re
 import shutil
 import socket
 import stat
+import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -308,10 +309,16 @@ def write_lock(location: str, name: str, timeout: float) -> Iterator[None]:
 
 @dataclass
 class _HeldLock:
+    """A lock object this process holds: its ETag changes with every renewal, under `guard` so
+    that `confirm_lock` never compares against an ETag the renewer is replacing."""
+
     fs: Any
     bucket: str
     key: str
     etag: str
+    body: dict[str, Any]
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 _held: dict[str, _HeldLock] = {}
@@ -320,17 +327,19 @@ _held: dict[str, _HeldLock] = {}
 def confirm_lock(location: str) -> None:
     """Before a commit: check that this process still holds the store's lock object.
 
-    A holder slower than the lease may have been overtaken; it must then commit nothing (its
-    rows past the count are ignored by readers and overwritten by the next writer).
+    A holder whose renewals stalled for a lease (a suspended process, a lost network) may have
+    been overtaken; it must then commit nothing (its rows past the count are ignored by readers
+    and overwritten by the next writer).
     """
     held = _held.get(location)
     if held is None:
         return
-    etag = _head_etag(held)
+    with held.guard:
+        etag = _head_etag(held)
     if etag != held.etag:
         raise StoreError(
-            f"{location}: this writer lost the lock (held past the {LOCK_LEASE_SECONDS:.0f} s "
-            "lease, set SUPSUP_LOCK_LEASE); nothing was committed"
+            f"{location}: this writer lost the lock (not renewed within the "
+            f"{LOCK_LEASE_SECONDS:.0f} s lease, set SUPSUP_LOCK_LEASE); nothing was committed"
         )
 
 
@@ -340,7 +349,8 @@ def _object_lock(location: str, name: str, timeout: float) -> Iterator[None]:
 
     A waiter that sees the same lock object (same ETag) for a whole lease takes it over with
     If-Match on that ETag (one taker wins), so a writer killed while holding it delays the next
-    one by at most the lease. Release deletes the object if it is still ours.
+    one by at most the lease. A live holder renews it (`_renew`), however long it writes.
+    Release deletes the object if it is still ours.
     """
     fs, root = _filesystem(location)
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
@@ -350,15 +360,17 @@ def _object_lock(location: str, name: str, timeout: float) -> Iterator[None]:
             f"{', '.join(p + '://' for p in LOCKING_PROTOCOLS)} (reading works for any URL)"
         )
     bucket, key, _ = fs.split_path(f"{root.rstrip('/')}/{name}")
-    held = _HeldLock(fs, bucket, key, "")
-    body = json.dumps(
-        {
-            "owner": f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}",
-            "token": uuid.uuid4().hex,
-            "acquired": datetime.now(UTC).isoformat(timespec="seconds"),
-            "lease_seconds": LOCK_LEASE_SECONDS,
-        }
-    ).encode()
+    now = datetime.now(UTC)
+    content = {
+        "owner": f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}",
+        "token": uuid.uuid4().hex,
+        "acquired": now.isoformat(timespec="seconds"),
+        "lease_seconds": LOCK_LEASE_SECONDS,
+        "renewals": 0,
+        "expires": (now + timedelta(seconds=LOCK_LEASE_SECONDS)).isoformat(),
+    }
+    held = _HeldLock(fs, bucket, key, "", content)
+    body = json.dumps(content).encode()
     started, pause, seen = time.monotonic(), _POLL_FIRST, None  # seen: (etag, since)
     while True:
         try:
@@ -390,14 +402,46 @@ def _object_lock(location: str, name: str, timeout: float) -> Iterator[None]:
         time.sleep(pause)
         pause = min(pause * 1.5, _POLL_MAX)
     _held[location] = held
+    renewer = threading.Thread(target=_renew, args=(held,), name=f"lease of {key}", daemon=True)
+    renewer.start()
     try:
         yield
     finally:
+        held.released.set()
+        renewer.join()  # no renewal in flight: the ETag below is the object's last one
         del _held[location]
         try:
             fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=held.etag)
         except OSError:
             pass  # overtaken after a lease: the lock is no longer ours to delete
+
+
+def _renew(held: _HeldLock) -> None:
+    """Every third of a lease until released, rewrite the lock object with a later expiry, If-Match
+    its ETag. Each rewrite changes the ETag, so waiters never see the same one for a whole lease.
+    A rewrite refused because the ETag changed means another writer took the lock over: renewing
+    stops, and `confirm_lock` stops this writer before its commit."""
+    while not held.released.wait(LOCK_LEASE_SECONDS / 3):
+        with held.guard:
+            held.body["renewals"] += 1
+            expires = datetime.now(UTC) + timedelta(seconds=LOCK_LEASE_SECONDS)
+            held.body["expires"] = expires.isoformat()
+            try:
+                held.etag = held.fs.call_s3(
+                    "put_object",
+                    Bucket=held.bucket,
+                    Key=held.key,
+                    Body=json.dumps(held.body).encode(),
+                    IfMatch=held.etag,
+                )["ETag"]
+                continue
+            except OSError:
+                pass
+            try:
+                if _head_etag(held) != held.etag:
+                    return  # overtaken (or deleted): the lock is no longer ours to renew
+            except OSError:
+                pass  # the store did not answer: try again at the next third of the lease
 
 
 def _head_etag(held: _HeldLock) -> str | None:
