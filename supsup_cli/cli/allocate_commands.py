@@ -23,7 +23,7 @@ from ..learn.allocate import (
     allocate_stream,
     parse_stream,
 )
-from ..learn.taskid import OBJECTIVES
+from ..learn.objectives import OBJECTIVES
 from ..learn.train import CreationOptions
 from ..store import MaskStore
 from .app import (

@@ -12,7 +12,8 @@ import typer
 from rich.table import Table
 
 from ..learn.evaluation import SCENARIOS, EvalReport, EvalSettings, evaluate_store, parse_counts
-from ..learn.taskid import METHODS, OBJECTIVES
+from ..learn.objectives import OBJECTIVES
+from ..learn.taskid import METHODS
 from .app import emit_json, progress_bar, resolve_device, stdout_console
 
 MAX_TABLE_ROWS = 50

@@ -12,15 +12,9 @@ from ..errors import ConfigError
 from ..learn.data import expand_specs
 from ..learn.hopfield import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS
 from ..learn.inputs import read_inputs
-from ..learn.taskid import (
-    METHODS,
-    OBJECTIVES,
-    PER_MODES,
-    MaskBank,
-    SpecScore,
-    infer_task,
-    score_specs,
-)
+from ..learn.mask_banks import MaskBank
+from ..learn.objectives import OBJECTIVES
+from ..learn.taskid import METHODS, PER_MODES, SpecScore, infer_task, score_specs
 from ..store import MaskStore
 from .app import (
     DataRootOpt,

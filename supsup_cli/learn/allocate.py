@@ -42,7 +42,8 @@ from ..model.supermask import ScoreMasks, bits_to_masks, split_flat
 from ..store import MaskStore
 from ..store import location as storage
 from .data import TaskData, expand_specs, load_task
-from .taskid import alpha_gradient, get_objective
+from .objectives import get_objective
+from .taskid import alpha_gradient
 from .train import (
     MAX_BATCH_SIZE,
     MAX_BATCHES,

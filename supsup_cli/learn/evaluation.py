@@ -29,7 +29,9 @@ from ..format.header import FORMAT_VERSION, TaskRecord
 from ..model.nets import PerTaskStats
 from ..store import MaskStore
 from .data import image_source, load_task
-from .taskid import MaskBank, get_method, get_objective, infer_task
+from .mask_banks import MaskBank
+from .objectives import get_objective
+from .taskid import get_method, infer_task
 from .train import check_classes, evaluate
 
 SCHEMA: Final = "supsup-eval"
