@@ -9,20 +9,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..format.rules import MASK_RULES
-from ..learn.allocate import (
-    ALLOCATE,
-    BUDGET,
-    CONTINUE,
+from ..learn.allocate import allocate_stream
+from ..learn.allocate_config import (
     DEFAULT_BUDGET,
-    DEFAULT_EPSILON,
     DEFAULT_OUTPUTS,
     DEFAULT_RULE,
     AllocateConfig,
     AuditRow,
     StreamOutcome,
-    allocate_stream,
     parse_stream,
 )
+from ..learn.allocate_rule import ALLOCATE, BUDGET, CONTINUE, DEFAULT_EPSILON
 from ..learn.objectives import OBJECTIVES
 from ..learn.train import CreationOptions
 from ..store import MaskStore
