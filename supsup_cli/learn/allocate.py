@@ -116,9 +116,6 @@ class _Run:
 
     path: str
     config: AllocateConfig
-    net_config: NetConfig
-    rule: str
-    density: float | None
     net: nn.Module
     device: torch.device
     store: MaskStore | None
@@ -139,16 +136,28 @@ class _Run:
     def known(self) -> int:
         return self.masks.known
 
+    @property
+    def net_config(self) -> NetConfig:
+        return self.masks.config
+
+    @property
+    def rule(self) -> str:
+        return self.masks.rule
+
+    @property
+    def density(self) -> float | None:
+        return self.masks.density
+
     # -- decisions ------------------------------------------------------------------------
     def check(self, batch: int, segment: int, data: TaskData, x: torch.Tensor) -> bool:
         """Decide which mask trains from this batch on, committing first what the last batches
         taught if the mask changes or a commit is due; False if the budget stops the run."""
         self._refresh_active()
-        if self.known == 0:
+        first = self.known == 0
+        if first:
             choice = FIRST_CHOICE
         else:
             choice = decide(self._gradient(x), self.known, self.config.epsilon)
-        first = self.known == 0
         row = AuditRow(
             batch=batch,
             segment=segment,
@@ -401,9 +410,6 @@ def _open_run(
     return _Run(
         path=path,
         config=config,
-        net_config=masks.config,
-        rule=masks.rule,
-        density=masks.density,
         net=build_net(masks.config, device),
         device=device,
         store=store,
