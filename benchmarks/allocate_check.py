@@ -25,9 +25,11 @@ import torch.nn.functional as F
 
 from supsup_cli.format.architectures import NetConfig
 from supsup_cli.format.bits import pack_mask
-from supsup_cli.learn.allocate import candidate_count, decide, fresh_scores
+from supsup_cli.learn.allocate_masks import fresh_scores
+from supsup_cli.learn.allocate_rule import candidate_count, decide
 from supsup_cli.learn.data import load_task
-from supsup_cli.learn.taskid import alpha_gradient, mask_counts_of
+from supsup_cli.learn.mask_banks import mask_counts_of
+from supsup_cli.learn.taskid import alpha_gradient
 from supsup_cli.model.nets import build_net
 from supsup_cli.model.supermask import ScoreMasks
 from supsup_cli.store import MaskStore

@@ -27,7 +27,8 @@ from supsup_cli.format.architectures import NetConfig
 from supsup_cli.kernels import torch_products as bits
 from supsup_cli.kernels.torch_products import unpack_torch
 from supsup_cli.learn.data import embedded_source, load_task, pixel_permutation
-from supsup_cli.learn.taskid import MaskBank, infer_task
+from supsup_cli.learn.mask_banks import MaskBank
+from supsup_cli.learn.taskid import infer_task
 from supsup_cli.store import MaskStore
 
 # Keys whose values legitimately differ between runs (wall time, where the store lives).

@@ -32,15 +32,9 @@ from supsup_cli.format.architectures import NetConfig
 from supsup_cli.kernels import c_kernel as bitkernel
 from supsup_cli.kernels.products import packed_matmul
 from supsup_cli.learn.data import expand_specs, load_task
-from supsup_cli.learn.taskid import (
-    OBJECTIVES,
-    MaskBank,
-    Query,
-    entropy,
-    infer_task,
-    mask_gradient,
-    one_shot_batch,
-)
+from supsup_cli.learn.mask_banks import MaskBank
+from supsup_cli.learn.objectives import OBJECTIVES, entropy, mask_gradient
+from supsup_cli.learn.taskid import Query, infer_task, one_shot_batch
 from supsup_cli.model.nets import build_net
 from supsup_cli.model.supermask import split_flat
 from supsup_cli.store import MaskStore

@@ -1,4 +1,5 @@
-"""allocate: the NNs decision on constructed gradients, the stream loop, audit log and budget."""
+"""allocate: the stream loop, audit log, budget and concurrent writers (the rule alone:
+test_allocate_rule.py)."""
 
 from __future__ import annotations
 
@@ -10,140 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from supsup_cli.errors import ConfigError, DataSpecError, StoreError, StoreMismatchError
-from supsup_cli.learn.allocate import (
+from supsup_cli.learn.allocate import allocate_stream
+from supsup_cli.learn.allocate_config import AllocateConfig, AuditRow, parse_stream
+from supsup_cli.learn.allocate_masks import resumed_scores
+from supsup_cli.learn.allocate_rule import (
     ALLOCATE,
     BUDGET,
     CONTINUE,
     DECISIONS,
     REASON_FIRST,
     REASON_FRESH,
-    REASON_UNSURE,
     REUSE,
-    AllocateConfig,
-    AuditRow,
-    allocate_stream,
-    candidate_count,
-    decide,
-    parse_stream,
-    resumed_scores,
 )
 from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 from supsup_cli.model.supermask import ScoreMasks, kaiming_uniform_scores
 from supsup_cli.store import MaskStore
 
-EPS = 0.125
-
-
-def gradient_with_p(p: float, k: int, winner: int = 0) -> torch.Tensor:
-    """∂H/∂α over k candidates whose softmax(-g) has max exactly p at `winner`, the rest equal."""
-    rest = (1.0 - p) / (k - 1)
-    g = torch.full((k,), -math.log(rest), dtype=torch.float64)
-    g[winner] = -math.log(p)
-    return g
-
-
-# -- the decision on constructed gradients --------------------------------------------------------
-
-
-def test_candidates_are_at_least_five():
-    assert [candidate_count(k) for k in (1, 4, 5, 6, 250)] == [5, 5, 5, 6, 250]
-
-
-@pytest.mark.parametrize("k", [1, 2, 5, 9, 40])
-def test_equal_gradients_allocate(k):
-    kp = candidate_count(k)
-    choice = decide(torch.full((kp,), 0.37), k, EPS)
-    assert choice.allocate and choice.reason == REASON_UNSURE
-    assert choice.p == pytest.approx(1 / kp)
-    assert choice.threshold == pytest.approx((1 + EPS) / kp)
-
-
-def test_equal_gradients_with_zero_epsilon_sit_on_the_threshold_and_do_not_allocate():
-    # p == threshold exactly (float64): the rule is strict, p < threshold allocates.
-    choice = decide(torch.zeros(5), 3, 0.0)
-    assert choice.p == choice.threshold == 0.2
-    assert not choice.allocate and choice.candidate == 0
-
-
-@pytest.mark.parametrize("k", [5, 8, 20])
-def test_threshold_edge(k):
-    threshold = (1 + EPS) / k
-    below = decide(gradient_with_p(threshold * (1 - 1e-9), k, winner=2), k, EPS)
-    above = decide(gradient_with_p(threshold * (1 + 1e-9), k, winner=2), k, EPS)
-    assert below.allocate and below.reason == REASON_UNSURE
-    assert not above.allocate and above.candidate == 2
-    assert below.p < below.threshold <= above.p
-
-
-def test_clear_winner_among_known_masks():
-    g = torch.tensor([-0.2, -0.9, -0.25, -0.21, -0.22, -0.2])
-    choice = decide(g, 6, EPS)
-    assert not choice.allocate and choice.candidate == 1
-    assert choice.p == pytest.approx(torch.softmax(-g.double(), 0).max().item())
-
-
-def test_an_untrained_candidate_that_wins_means_a_new_task():
-    # k = 2 known masks, 3 fresh ones; a fresh one (index 3) fits clearly best.
-    g = torch.tensor([-0.1, -0.1, -0.1, -2.0, -0.1])
-    choice = decide(g, 2, EPS)
-    assert choice.allocate and choice.reason == REASON_FRESH and choice.candidate == 3
-    assert choice.p >= choice.threshold
-
-
-def test_one_known_mask_that_fits_is_kept():
-    g = torch.tensor([-1.0, -0.2, -0.2, -0.2, -0.2])
-    choice = decide(g, 1, EPS)
-    assert not choice.allocate and choice.candidate == 0
-
-
-def test_scale_matters_small_gradients_allocate():
-    # The same ranking at a tenth of the scale is nearly uniform: p falls under the threshold.
-    g = torch.tensor([-1.0, -0.2, -0.2, -0.2, -0.2])
-    assert not decide(g, 1, EPS).allocate
-    assert decide(g / 10, 1, EPS).allocate
-
-
-@given(
-    k=st.integers(1, 30),
-    values=st.lists(st.floats(-5, 5, allow_nan=False), min_size=30, max_size=30),
-    epsilon=st.floats(0, 1),
-)
-@settings(max_examples=200, deadline=None)
-def test_decision_properties(k, values, epsilon):
-    kp = candidate_count(k)
-    g = torch.tensor(values[:kp], dtype=torch.float64)
-    choice = decide(g, k, epsilon)
-    probabilities = torch.softmax(-g, 0)
-    assert choice.p == pytest.approx(float(probabilities.max()))
-    assert choice.threshold == pytest.approx((1 + epsilon) / kp)
-    assert choice.allocate == (choice.p < choice.threshold or choice.candidate >= k)
-    assert 1 / kp - 1e-12 <= choice.p <= 1
-    # Shifting every gradient by a constant changes nothing (softmax is shift-invariant).
-    shifted = decide(g + 3.0, k, epsilon)
-    assert shifted.allocate == choice.allocate or abs(choice.p - choice.threshold) < 1e-9
-
-
-@pytest.mark.parametrize(
-    ("gradient", "known", "message"),
-    [
-        (torch.zeros(4), 1, "expected k' = 5"),
-        (torch.zeros(6), 5, "expected k' = 5"),
-        (torch.tensor([0.0, 1.0, float("nan"), 0.0, 0.0]), 2, "not finite"),
-        (torch.zeros(5), 0, "at least one known mask"),
-    ],
-)
-def test_decide_rejects_bad_input(gradient, known, message):
-    with pytest.raises(ConfigError, match=message):
-        decide(gradient, known, EPS)
-
-
-def test_decide_rejects_bad_epsilon():
-    with pytest.raises(ConfigError, match="epsilon"):
-        decide(torch.zeros(5), 1, -0.1)
+EPS = 0.125  # the default epsilon, as the runs below use it
 
 
 # -- configuration and the stream spec -------------------------------------------------------------

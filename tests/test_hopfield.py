@@ -35,7 +35,7 @@ from supsup_cli.learn.hopfield import (
     settle,
     storkey_update,
 )
-from supsup_cli.learn.taskid import MaskBank
+from supsup_cli.learn.mask_banks import MaskBank
 from supsup_cli.store import MaskStore
 from supsup_cli.store.writer import Transaction
 

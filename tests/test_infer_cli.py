@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from supsup_cli.cli import app
 from supsup_cli.learn.data import embedded_source, pixel_permutation
-from supsup_cli.learn.taskid import MaskBank
+from supsup_cli.learn.mask_banks import MaskBank
 
 runner = CliRunner()
 

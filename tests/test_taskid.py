@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -12,12 +12,12 @@ import torch
 from supsup_cli.errors import ConfigError
 from supsup_cli.format.architectures import NetConfig
 from supsup_cli.format.bits import pack_mask, unpack_mask
-from supsup_cli.learn import taskid
+from supsup_cli.learn import objectives, taskid
 from supsup_cli.learn.data import load_task
+from supsup_cli.learn.mask_banks import DeviceMaskBank, HostMaskBank, MaskBank, StreamedMaskBank
 from supsup_cli.learn.taskid import (
     METHODS,
     Decision,
-    MaskBank,
     Method,
     alpha_gradient,
     infer_task,
@@ -49,7 +49,7 @@ def reference_alpha_gradient(net, floats: torch.Tensor, x, objective: str, alive
     mask = alphas @ floats  # (D,)
     logits = net(x, split_flat(mask, net.config.mask_shapes))
     if objective == "H":
-        value = taskid.entropy(logits).mean()
+        value = objectives.entropy(logits).mean()
     else:
         value = logits[:, 10:].logsumexp(dim=1).mean()  # outputs 10.. are superfluous
     (grad,) = torch.autograd.grad(value, alphas)
@@ -186,7 +186,11 @@ def test_g_objective_methods_agree_with_reference() -> None:
 
 def test_torch_product_path_equals_numpy_path(bank) -> None:
     """The CUDA code path (torch products on the tensors' device), run on the CPU."""
-    torch_bank = replace(bank, packed_on_device=torch.from_numpy(bank.packed))
+    assert isinstance(bank, HostMaskBank)
+    shared = {f.name: getattr(bank, f.name) for f in fields(MaskBank)}
+    torch_bank = DeviceMaskBank(
+        **shared, packed=bank.packed, packed_on_device=torch.from_numpy(bank.packed)
+    )
     x, _ = images("permuted:3", 40)
     for method, per in (("one-shot", "batch"), ("binary", "batch"), ("one-shot", "image")):
         a = infer_task(bank, x, method=method, per=per)
@@ -300,7 +304,8 @@ def test_streamed_bank_answers_as_the_loaded_one(trained, bank, monkeypatch) -> 
     query spans several) give the same tasks, confidences and classes as masks held in memory."""
     monkeypatch.setattr("supsup_cli.store.layout.READ_SLAB_BYTES", 1)  # one mask per block
     streamed = MaskBank.from_store(trained, stream=True)
-    assert streamed.packed.shape[0] == 0 and streamed.task_count == bank.task_count
+    assert isinstance(streamed, StreamedMaskBank) and not hasattr(streamed, "packed")
+    assert streamed.task_count == bank.task_count
     np.testing.assert_array_equal(streamed.counts, bank.counts)
     x = torch.cat([images(f"permuted:{n}", 12)[0] for n in (1, 2, 3)])
     for method, per in (
@@ -323,3 +328,47 @@ def test_blocks_of_masks_cover_every_task_once(trained, monkeypatch) -> None:
     blocks = list(trained.iter_packed([2, 0, 1]))
     assert [len(b) for b in blocks] == [1, 1, 1]
     np.testing.assert_array_equal(np.concatenate(blocks), trained.read_packed([2, 0, 1]))
+
+
+def test_every_backing_answers_the_interface_alike(trained, bank, monkeypatch) -> None:
+    """Products, subset sums, rows and counts are the same whether the masks are held on the
+    host, held as tensors (the device path, here on the CPU) or read from the store in blocks."""
+    monkeypatch.setattr("supsup_cli.store.layout.READ_SLAB_BYTES", 1)  # one mask per block
+    shared = {f.name: getattr(bank, f.name) for f in fields(MaskBank)}
+    device = DeviceMaskBank(
+        **shared, packed=bank.packed, packed_on_device=torch.from_numpy(bank.packed)
+    )
+    streamed = MaskBank.from_store(trained, stream=True)
+    generator = torch.Generator().manual_seed(7)
+    vector = torch.randn(bank.mask_bits, generator=generator)
+    matrix = torch.randn(bank.mask_bits, 6, generator=generator)
+    rows = np.array([2, 0])
+    for other in (device, streamed):
+        assert other.task_count == bank.task_count == 3
+        for product in (vector, matrix):
+            for picked in (None, rows):
+                expected = bank.products(product, picked)
+                assert expected.shape[0] == (3 if picked is None else 2)
+                # Sums of D terms in another order: rounding grows with Σ|terms|.
+                tolerance = 1e-6 * float(product.abs().sum(0).max())
+                got = other.products(product, picked)
+                torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+        torch.testing.assert_close(other.subset_sum(rows), bank.subset_sum(rows))
+        np.testing.assert_array_equal(other.packed_row(1), trained.read_packed([1])[0])
+    # A subset sum is the sum of its rows' bits.
+    expected = trained.read_mask(2).astype(np.float32) + trained.read_mask(0)
+    np.testing.assert_array_equal(bank.subset_sum(rows).numpy(), expected)
+
+
+def test_the_factory_holds_masks_on_the_host_for_the_cpu(trained) -> None:
+    held = MaskBank.from_packed(trained.net, trained.read_packed(), [TEN] * 3)
+    assert isinstance(held, HostMaskBank) and held.device.type == "cpu"
+    assert isinstance(MaskBank.from_store(trained), HostMaskBank)
+    with pytest.raises(TypeError):
+        MaskBank(  # the interface alone holds no masks
+            config=held.config,
+            net=held.net,
+            counts=held.counts,
+            task_classes=held.task_classes,
+            device=held.device,
+        )

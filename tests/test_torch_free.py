@@ -36,7 +36,9 @@ print(json.dumps({
     "new_verify": new.verify(),
     "same_masks": bool(np.array_equal(new.read_packed(), old.read_packed())),
     "copy_verify": copy.verify(),
-    "small_masks": bool(np.array_equal(MaskStore.open(small.path).read_packed(), old.read_packed())),
+    "small_masks": bool(
+        np.array_equal(MaskStore.open(small.path).read_packed(), old.read_packed())
+    ),
     "packed_tasks": len(in_place.tasks),
     "torch_loaded": sys.modules["torch"] is not None,
 }))

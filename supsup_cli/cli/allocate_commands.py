@@ -27,7 +27,7 @@ from .app import (
 )
 
 if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
-    from ..learn.allocate import AuditRow, StreamOutcome
+    from ..learn.allocate_config import AuditRow, StreamOutcome
 
 BUDGET_EXIT: Final = 3  # the budget of masks stopped the run (documented in the help)
 
@@ -139,7 +139,8 @@ def allocate_command(
     Exit codes: 0 done; 2 error (nothing half-written); 3 the --budget of masks was reached
     (the run stopped; masks learned until then are in the store).
     """
-    from ..learn.allocate import AllocateConfig, allocate_stream, parse_stream
+    from ..learn.allocate import allocate_stream
+    from ..learn.allocate_config import AllocateConfig, parse_stream
     from ..learn.train import CreationOptions
 
     config = AllocateConfig(
@@ -186,7 +187,7 @@ def allocate_command(
 
 def _announce(row: AuditRow, quiet: bool) -> None:
     """A line on stderr for each decision that changes which mask trains."""
-    from ..learn.allocate import ALLOCATE, BUDGET, CONTINUE
+    from ..learn.allocate_rule import ALLOCATE, BUDGET, CONTINUE
 
     if row.decision == CONTINUE:
         return

@@ -108,9 +108,11 @@ def infer(
 ) -> None:
     """Infer the task of unlabelled images (JSON lines: file, task, class, confidence) or score
     task inference on labelled data specs."""
+    from ..learn.choices import PER_MODES
     from ..learn.data import expand_specs
     from ..learn.inputs import read_inputs
-    from ..learn.taskid import PER_MODES, MaskBank, infer_task, score_specs
+    from ..learn.mask_banks import MaskBank
+    from ..learn.taskid import infer_task, score_specs
 
     if source is None and data is None:
         raise ConfigError("nothing to infer: give images (a folder, file or '-') or --data SPECS")

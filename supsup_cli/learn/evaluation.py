@@ -29,13 +29,15 @@ from ..format.header import FORMAT_VERSION, TaskRecord
 from ..model.nets import PerTaskStats
 from ..progress import Progress
 from ..store import MaskStore
+from .choices import SCENARIOS
 from .data import image_source, load_task
-from .taskid import MaskBank, get_method, get_objective, infer_task
+from .mask_banks import MaskBank
+from .objectives import get_objective
+from .taskid import get_method, infer_task
 from .train import check_classes, evaluate
 
 SCHEMA: Final = "supsup-eval"
 SCHEMA_VERSION: Final = 1
-SCENARIOS: Final = ("GG", "GNu")
 MAX_CHECKPOINTS: Final = 1_000
 CSV_COLUMNS: Final = (
     "tasks_learned",

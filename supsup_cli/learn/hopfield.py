@@ -26,16 +26,13 @@ from ..model.nets import PerTaskStats, build_net
 from ..model.supermask import scores_to_mask, split_flat
 from ..progress import Progress
 from ..store import MaskStore
+from .choices import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS, MAX_STARTS
 from .data import load_task
 
-DEFAULT_STEPS: Final = 30
-DEFAULT_GAMMA: Final = 1.5e-3
 DEFAULT_LR: Final = 500.0
 DEFAULT_MOMENTUM: Final = 0.9
 DEFAULT_BATCH_SIZE: Final = 128
 # Random starts whose minima of E become candidate masks (0: the descent's mask alone).
-DEFAULT_STARTS: Final = 64
-MAX_STARTS: Final = 4096
 SYNC_SWEEPS: Final = 20  # whole-pattern sign updates that bring a random start near a minimum
 MAX_STEPS: Final = 100_000
 MIN_BATCH_SIZE: Final = 2  # batch statistics need two images

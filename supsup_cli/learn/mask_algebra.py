@@ -21,8 +21,8 @@ from ..format.header import TaskRecord
 from ..model.nets import MaskedMLP, build_net
 from ..model.supermask import split_flat
 from ..store import MaskStore
+from .choices import MERGE_RULES
 
-MERGE_RULES: Final = ("and", "or", "majority")
 EXPORT_FORMATS: Final = (".pt", ".npz")
 GRAM_BLOCK_FLOATS: Final = 1 << 25  # unpacked float32 bits per block (128 MiB), all k tasks
 

@@ -17,13 +17,13 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..store import MaskStore
+from .choices import PLOT_FORMATS as FORMATS
 from .evaluation import SCHEMA, SCHEMA_VERSION
 from .mask_algebra import mask_overlap
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-FORMATS: Final = ("png", "svg")
 MAX_REPORT_BYTES: Final = 256 * 1024 * 1024
 MAX_LABELLED_TICKS: Final = 20
 

@@ -1,0 +1,135 @@
+"""What task inference minimises, and its gradient with respect to the mask.
+
+An objective scores each example's logits (H: entropy; G: logsumexp of the outputs no task uses);
+task inference minimises its batch mean. The gradient is taken at a fractional mask (the
+superposition's mean mask): g = ∂objective/∂mask = ∂objective/∂W_eff ⊙ W, one D-vector, whose
+products with the stored masks are the one-shot scores ∂objective/∂αᵢ = ⟨g, Mᵢ⟩.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Final
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..model.nets import PerTaskStats
+from ..model.supermask import split_flat
+from .choices import OBJECTIVES as OBJECTIVE_HELP
+
+
+def entropy(logits: torch.Tensor, superfluous: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ARG001
+    """H per example: entropy of softmax(logits) (n, s) -> (n,)."""
+    log_p = F.log_softmax(logits, dim=1)  # (n, s)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def superfluous_logsumexp(logits: torch.Tensor, superfluous: torch.Tensor | None) -> torch.Tensor:
+    """G per example: logsumexp over the superfluous outputs only, so only they carry gradient.
+
+    Training pushes unused outputs down under the right mask; other masks leave them high.
+    """
+    if superfluous is None or superfluous.numel() == 0:
+        raise ConfigError("the G objective needs superfluous outputs")
+    return logits[:, superfluous].logsumexp(dim=1)  # (n,)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A per-example score of the logits whose batch mean task inference minimises."""
+
+    name: str
+    help: str
+    per_example: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    needs_superfluous: bool = False
+
+
+OBJECTIVES: Final[dict[str, Objective]] = {
+    o.name: o
+    for o in (
+        Objective("H", OBJECTIVE_HELP["H"], entropy),
+        Objective(
+            "G",
+            OBJECTIVE_HELP["G"],
+            superfluous_logsumexp,
+            needs_superfluous=True,
+        ),
+    )
+}
+
+
+def get_objective(name: str) -> Objective:
+    """The objective a user named (`--objective`), or an error listing the valid names."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def superfluous_outputs(outputs: int, classes: Sequence[int]) -> torch.Tensor:
+    """Output indices that no task uses as a class (int64, possibly empty)."""
+    used = set(int(c) for c in classes)
+    return torch.tensor([o for o in range(outputs) if o not in used], dtype=torch.int64)
+
+
+def checked_superfluous(outputs: int, classes: Sequence[int]) -> torch.Tensor:
+    """The superfluous outputs G needs; an error that says how to get some when there are none."""
+    superfluous = superfluous_outputs(outputs, classes)
+    if superfluous.numel() == 0:
+        raise ConfigError(
+            f"the G objective needs superfluous outputs, but the tasks use all {outputs} outputs; "
+            "make the store with more outputs than classes (e.g. --outputs 100) or use H"
+        )
+    return superfluous
+
+
+def as_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images as the nets take them, float32 (n >= 1, 784) on `device`, or a clear error."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.ndim != 2 or x.shape[1] != 784 or x.shape[0] == 0:
+        raise ConfigError(f"expected images as a (n >= 1, 784) tensor, got {tuple(x.shape)}")
+    return x.to(device)
+
+
+def mask_gradient(
+    net: nn.Module,
+    mean_mask: torch.Tensor,
+    x: torch.Tensor,
+    objective: Objective,
+    superfluous: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """g = ∂(batch mean objective)/∂mask at a fractional mask (D,): ∂/∂W_eff ⊙ W, flat (D,)."""
+    leaf = mean_mask.detach().clone().requires_grad_(True)  # (D,)
+    masks = split_flat(leaf, net.config.mask_shapes)
+    with _task_unknown(net):
+        value = objective.per_example(net(x, masks), superfluous).mean()
+    (grad,) = torch.autograd.grad(value, leaf)
+    return grad  # (D,)
+
+
+def _task_unknown(net: nn.Module) -> AbstractContextManager:
+    """Nets with per-task normalisation statistics normalise by the batch's own statistics while
+    the task is unknown (the superposition has no statistics of its own)."""
+    return net.batch_statistics() if isinstance(net, PerTaskStats) else nullcontext()
+
+
+def per_example_mask_gradients(
+    net: nn.Module,
+    mean_mask: torch.Tensor,
+    x: torch.Tensor,
+    objective: Objective,
+    superfluous: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One gradient per image, (n, D): vmap of the per-example objective's mask gradient."""
+    shapes = net.config.mask_shapes
+
+    def one(flat: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        logits = net(image.unsqueeze(0), split_flat(flat, shapes))  # (1, s)
+        return objective.per_example(logits, superfluous)[0]
+
+    gradient = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0))
+    return gradient(mean_mask.detach(), x)  # (n, D)

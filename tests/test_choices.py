@@ -1,0 +1,15 @@
+"""The names the CLI's help offers (learn/choices.py, importable without torch) are exactly the
+names the implementations register."""
+
+from __future__ import annotations
+
+from supsup_cli.learn import choices
+from supsup_cli.learn.evaluation import SCENARIOS
+from supsup_cli.learn.objectives import OBJECTIVES
+from supsup_cli.learn.taskid import METHODS
+
+
+def test_help_names_are_the_registered_ones() -> None:
+    assert {name: method.help for name, method in METHODS.items()} == choices.METHODS
+    assert {name: objective.help for name, objective in OBJECTIVES.items()} == choices.OBJECTIVES
+    assert SCENARIOS == choices.SCENARIOS
