@@ -14,10 +14,11 @@ from ..errors import ConfigError
 from ..learn.mask_algebra import MERGE_RULES, mask_overlap, merge_tasks
 from ..learn.mask_algebra import export_task as export_subnetwork
 from ..store import MaskStore
-from .app import JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
+from .app import FlagGroup, JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
 
 masks = typer.Typer(
     name="masks",
+    cls=FlagGroup,
     help="Mask algebra: overlap between tasks, merged masks, a task's subnetwork as tensors.",
     no_args_is_help=True,
 )

@@ -13,7 +13,13 @@ from ..format.rules import MASK_RULES
 from ..learn.data import expand_specs
 from ..learn.evaluation import EvalSettings
 from ..learn.hopfield import hopfield_summary
-from ..learn.train import CreationOptions, TrainConfig, evaluate_task, train_task
+from ..learn.train import (
+    CreationOptions,
+    TrainConfig,
+    TrainingInterrupted,
+    evaluate_task,
+    train_task,
+)
 from ..store import MaskStore
 from .allocate_commands import show_log
 from .app import (
@@ -138,6 +144,12 @@ def train_task_command(
         bool,
         typer.Option("--transfer", help="Start from the mean raw scores of the earlier tasks."),
     ] = False,
+    again: Annotated[
+        bool,
+        typer.Option(
+            "--again", help="Train even if the store already holds a task on this data spec."
+        ),
+    ] = False,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "cpu",
     quiet: QuietOpt = False,
@@ -147,16 +159,21 @@ def train_task_command(
     config = TrainConfig(
         lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
     )
-    with progress_bar(f"training {data}", batches, quiet) as advance:
-        outcome = train_task(
-            store,
-            data,
-            _creation(arch, outputs, seed, mask_rule, density),
-            config,
-            data_root,
-            resolve_device(device),
-            progress=lambda step, loss: advance(step, f"loss {loss:.3f}"),
-        )
+    try:
+        with progress_bar(f"training {data}", batches, quiet) as advance:
+            outcome = train_task(
+                store,
+                data,
+                _creation(arch, outputs, seed, mask_rule, density),
+                config,
+                data_root,
+                resolve_device(device),
+                progress=lambda step, loss: advance(step, f"loss {loss:.3f}"),
+                again=again,
+            )
+    except TrainingInterrupted as stopped:  # a bare KeyboardInterrupt (while writing) goes on
+        say(f"interrupted: nothing of the task on {stopped.spec} was kept; {store} is as it was")
+        raise typer.Exit(130) from None
     record = outcome.record
     if json_out:
         emit_json(
@@ -238,14 +255,16 @@ def eval_command(
                 "store": str(store),
                 "task": result.task,
                 "data": result.data,
+                "tested_on": result.tested_on,
                 "accuracy": result.accuracy,
                 "examples": result.examples,
                 "scenario": "GG",
             }
         )
     else:
+        tested = "" if result.tested_on == result.data else f" ({result.tested_on})"
         typer.echo(
-            f"task {result.task} on {result.data}: accuracy {result.accuracy:.2%} "
+            f"task {result.task} on {result.data}{tested}: accuracy {result.accuracy:.2%} "
             f"({result.examples} test images)"
         )
 
