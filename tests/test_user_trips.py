@@ -258,7 +258,8 @@ def test_ctrl_c_while_training_says_nothing_was_kept(
     interrupt_at_step(monkeypatch, 2)  # counts afresh
     with pytest.raises(TrainingInterrupted) as caught:
         train_task(new, "split:2", CreationOptions(), TrainConfig(batches=10))
-    assert caught.value.spec == "split:2" and not new.exists()
+    assert caught.value.spec == "split:2" and not caught.value.store_existed
+    assert not new.exists()
 
 
 def test_ctrl_c_exits_130_from_the_entry_point(
@@ -271,7 +272,8 @@ def test_ctrl_c_exits_130_from_the_entry_point(
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 130
-    assert "interrupted: nothing of the task on split:1 was kept" in capsys.readouterr().err
+    expected = f"interrupted: nothing of the task on split:1 was kept; {store} was not created"
+    assert capsys.readouterr().err.strip() == expected
     assert not store.exists()
 
 

@@ -172,7 +172,8 @@ def train_task_command(
                 again=again,
             )
     except TrainingInterrupted as stopped:  # a bare KeyboardInterrupt (while writing) goes on
-        say(f"interrupted: nothing of the task on {stopped.spec} was kept; {store} is as it was")
+        kept = "is as it was" if stopped.store_existed else "was not created"
+        say(f"interrupted: nothing of the task on {stopped.spec} was kept; {store} {kept}")
         raise typer.Exit(130) from None
     record = outcome.record
     if json_out:

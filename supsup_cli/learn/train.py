@@ -212,9 +212,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C while a mask was being learned, before anything was written: the store is as it
     was (or was not made). An interrupt while the task is written stays a KeyboardInterrupt."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, store_existed: bool) -> None:
         super().__init__(spec)
         self.spec = spec
+        self.store_existed = store_existed
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,8 @@ def train_task(
     is refused unless `again` (a second task on the same data is rarely meant, and makes
     `eval --data` ambiguous).
     """
-    if MaskStore.exists(store_path):
+    existed = MaskStore.exists(store_path)
+    if existed:
         store = MaskStore.open(store_path, writable=False)
         store.check_compatible(**asdict(options))
         if not again:
@@ -273,7 +275,7 @@ def train_task(
     try:
         result = train_mask(net, data, rule, density, config, scores, device, progress)
     except KeyboardInterrupt as interrupt:
-        raise TrainingInterrupted(data.spec) from interrupt
+        raise TrainingInterrupted(data.spec, store_existed=existed) from interrupt
     store, created = MaskStore.open_or_create(store_path, net_config, rule, density)
     record = store.append_task(
         result.mask_bits,
