@@ -12,7 +12,14 @@ store=${1:-demo/permuted.zarr}
 tasks=${2:-5}
 batches=${3:-1000}
 
+# Growing an existing store: permutations it already holds are not trained again (train-task
+# refuses a data spec the store has unless --again).
+held=$(supsup info "$store" --json 2>/dev/null || true)
 for task in $(seq 1 "$tasks"); do
+    if grep -q "\"data\": \"permuted:$task\"" <<<"$held"; then
+        echo "permuted:$task: already in $store" >&2
+        continue
+    fi
     supsup train-task "$store" --data "permuted:$task" --batches "$batches"
 done
 

@@ -190,7 +190,7 @@ def test_cli_json_schema_and_csv_agree(tmp_path: Path) -> None:
     assert report["store"]["network"] == NET.to_dict()
     assert report["settings"]["scenario"] == "GG" and report["settings"]["method"] is None
     assert [t["task"] for t in report["tasks"]] == [0, 1, 2]
-    assert set(report["tasks"][0]) == set(CSV_COLUMNS[:9])
+    assert set(report["tasks"][0]) == set(CSV_COLUMNS[:10])
     assert report["curve"][-1]["tasks_learned"] == 3 and report["confusion"] is None
     shares = [first_class_share(s) for s in ("split:1", "split:3", "split:4")]
     assert report["summary"]["accuracy"] == pytest.approx(sum(shares) / 3, abs=1e-7)
@@ -234,6 +234,7 @@ def test_cli_single_task_gg_keeps_its_one_line_forms(permuted_store: Path) -> No
         "store",
         "task",
         "data",
+        "tested_on",
         "accuracy",
         "examples",
         "scenario",

@@ -161,7 +161,7 @@ def test_reports_of_several_stores_share_a_figure(figures_input, tmp_path: Path)
     assert labels[0] != labels[1] and labels[1].endswith("(sparse.zarr)")
     sweep = tmp_path / "sweep.json"
     sweep.write_text(json.dumps(report))
-    written = plot_reports(store, [gg, sweep], tmp_path / "figs")
+    written = plot_reports(store, [gg, sweep], tmp_path / "figs", allow_other_store=True)
     assert {p.name for p in written} >= {"accuracy-vs-bytes.png", "accuracy-vs-tasks.png"}
     packed, floor = bytes_series([load_report(gg), report])
     assert floor.annotations == ["d=0.1", "d=0.5"]  # sorted by bytes: the sparse store first

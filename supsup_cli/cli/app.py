@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import ConfigError, SupsupError, one_line
 from ..progress import Progress
@@ -23,8 +24,33 @@ from ..progress import Progress
 if TYPE_CHECKING:
     import torch
 
+
+def _plain_flags(params: list[Any]) -> list[Any]:
+    """Flags take no value: an empty metavar keeps typer's rich help from showing one (such as
+    `<bool>`, which suggests `--json true`; click's plain help already leaves flags bare)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class FlagCommand(TyperCommand):
+    """A command whose help shows flags (and --help) without a value placeholder."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class FlagGroup(TyperGroup):
+    """A group (the root app, `masks`) whose help shows flags without a value placeholder."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="supsup",
+    cls=FlagGroup,
     help=(
         "Supermasks in Superposition: one network with fixed random weights (regenerated from a "
         "seed), one bit-packed binary mask per task, task inference from data."
@@ -103,6 +129,7 @@ def command(
                 console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
                 raise typer.Exit(2) from None
 
+        kwargs.setdefault("cls", FlagCommand)
         return (group or app).command(name, **kwargs)(guarded)
 
     return register

@@ -137,7 +137,8 @@ def render(report: EvalReport) -> None:
         columns = ["task", "data", "accuracy"] + (["GG", "task id"] if gnu else []) + ["forgetting"]
         table = Table(*columns, box=None)
         for s in final:
-            row = [str(s.task), s.data, f"{s.accuracy:.2%}"]
+            data = s.data if s.tested_on == s.data else f"{s.data} on {s.tested_on}"
+            row = [str(s.task), data, f"{s.accuracy:.2%}"]
             if gnu:
                 row += [f"{s.accuracy_gg:.2%}", f"{s.taskid_accuracy:.2%}"]
             row.append("-" if s.forgetting is None else f"{s.forgetting:+.4f}")

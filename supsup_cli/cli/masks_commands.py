@@ -12,10 +12,11 @@ import typer
 from ..errors import ConfigError
 from ..learn.choices import MERGE_RULES
 from ..store import MaskStore
-from .app import JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
+from .app import FlagGroup, JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
 
 masks = typer.Typer(
     name="masks",
+    cls=FlagGroup,
     help="Mask algebra: overlap between tasks, merged masks, a task's subnetwork as tensors.",
     no_args_is_help=True,
 )

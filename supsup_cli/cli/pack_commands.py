@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import ConfigError
 from ..format.codecs import AUTO, CODECS, DEFAULT_CODEC
 from ..store import MaskStore
 from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, stdout_console
@@ -48,6 +49,8 @@ def pack_command(
     from rich.table import Table
 
     opened = MaskStore.open(store, writable=out is None)
+    if not opened.task_count:
+        raise ConfigError(f"{store}: the store holds no tasks; train one first")
     rows = opened.header.row_count
     with progress_bar("packing", rows, quiet) as advance:
         report = opened.pack(codec, out, drop_raw, progress=advance)

@@ -28,6 +28,14 @@ def plot(
     fmt: Annotated[
         str, typer.Option("--format", help=f"Image format: {', '.join(FORMATS)}.")
     ] = "png",
+    allow_other_store: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-store",
+            help="Draw reports made from other stores too (a density sweep: one store per "
+            "density); by default a report must be of STORE.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -35,7 +43,12 @@ def plot(
     from ..learn.plots import plot_reports
 
     written = plot_reports(
-        store, reports or [], out, fmt, progress=lambda name: say(f"drawing {name}", quiet)
+        store,
+        reports or [],
+        out,
+        fmt,
+        progress=lambda name: say(f"drawing {name}", quiet),
+        allow_other_store=allow_other_store,
     )
     if json_out:
         emit_json({"store": str(store), "figures": [str(p) for p in written]})

@@ -138,27 +138,39 @@ def train_task_command(
         bool,
         typer.Option("--transfer", help="Start from the mean raw scores of the earlier tasks."),
     ] = False,
+    again: Annotated[
+        bool,
+        typer.Option(
+            "--again", help="Train even if the store already holds a task on this data spec."
+        ),
+    ] = False,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "cpu",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Learn one task's supermask on the fixed weights; append it to the store (made if absent)."""
-    from ..learn.train import TrainConfig, train_task
+    from ..learn.train import TrainConfig, TrainingInterrupted, train_task
 
     config = TrainConfig(
         lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
     )
-    with progress_bar(f"training {data}", batches, quiet) as advance:
-        outcome = train_task(
-            store,
-            data,
-            _creation(arch, outputs, seed, mask_rule, density),
-            config,
-            data_root,
-            resolve_device(device),
-            progress=advance,
-        )
+    try:
+        with progress_bar(f"training {data}", batches, quiet) as advance:
+            outcome = train_task(
+                store,
+                data,
+                _creation(arch, outputs, seed, mask_rule, density),
+                config,
+                data_root,
+                resolve_device(device),
+                progress=advance,
+                again=again,
+            )
+    except TrainingInterrupted as stopped:  # a bare KeyboardInterrupt (while writing) goes on
+        kept = "is as it was" if stopped.store_existed else "was not created"
+        say(f"interrupted: nothing of the task on {stopped.spec} was kept; {store} {kept}")
+        raise typer.Exit(130) from None
     record = outcome.record
     if json_out:
         emit_json(
@@ -244,14 +256,16 @@ def eval_command(
                 "store": str(store),
                 "task": result.task,
                 "data": result.data,
+                "tested_on": result.tested_on,
                 "accuracy": result.accuracy,
                 "examples": result.examples,
                 "scenario": "GG",
             }
         )
     else:
+        tested = "" if result.tested_on == result.data else f" ({result.tested_on})"
         typer.echo(
-            f"task {result.task} on {result.data}: accuracy {result.accuracy:.2%} "
+            f"task {result.task} on {result.data}{tested}: accuracy {result.accuracy:.2%} "
             f"({result.examples} test images)"
         )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -202,6 +202,70 @@ def load_task(spec: str, data_root: Path | None = None) -> TaskData:
     train_x, train_y = transform(source.train_images, source.train_labels)
     test_x, test_y = transform(source.test_images, source.test_labels)
     return TaskData(f"{kind_name}:{argument}", classes, train_x, train_y, test_x, test_y)
+
+
+# A task made by `supsup masks merge` from earlier tasks (`merge:0,1:and`): it has no data of its
+# own and is tested on the test images of the tasks it came from.
+MERGE_SPEC: Final = re.compile(r"merge:(\d+(?:,\d+)+):(\w+)")
+
+
+def merge_spec(parents: Sequence[int], rule: str) -> str:
+    """The data spec recorded for a merged task (what `merge_parents` reads back)."""
+    return f"merge:{','.join(map(str, parents))}:{rule}"
+
+
+def merge_parents(spec: str) -> tuple[int, ...] | None:
+    """The tasks a merged task came from, or None for the spec of real data."""
+    match = MERGE_SPEC.fullmatch(spec)
+    return None if match is None else tuple(int(t) for t in match[1].split(","))
+
+
+def source_specs(stored: Sequence[str], task: int) -> tuple[str, ...]:
+    """The data specs whose test images test stored task `task` (`stored`: every task's spec, by
+    index): its own, or for a merged task those of the tasks it came from, merges of merges
+    followed down, each spec once, in order. Each task is visited once, however they nest."""
+    found: dict[str, None] = {}
+    seen: set[int] = set()
+    pending = [task]
+    while pending:
+        index = pending.pop()
+        if index in seen:
+            continue
+        seen.add(index)
+        parents = merge_parents(stored[index])
+        if parents is None:
+            found[stored[index]] = None
+            continue
+        if not all(0 <= parent < index for parent in parents):
+            raise DataSpecError(
+                f"task {index} ({stored[index]}) is a merge of tasks that do not precede it"
+            )
+        pending.extend(reversed(parents))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Test images of one or more specs, one after another: x (n, 784) float32, y (n,) int64;
+    `spec` names them (`permuted:1+permuted:2`), `classes` are all of theirs."""
+
+    spec: str
+    classes: tuple[int, ...]
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def load_eval_data(specs: Sequence[str], data_root: Path | None = None) -> EvalData:
+    """The test split of each spec, concatenated (a merged task is tested on all its sources)."""
+    parts = [load_task(spec, data_root) for spec in specs]
+    if len(parts) == 1:
+        return EvalData(parts[0].spec, parts[0].classes, parts[0].test_x, parts[0].test_y)
+    return EvalData(
+        "+".join(part.spec for part in parts),
+        tuple(sorted({c for part in parts for c in part.classes})),
+        torch.cat([part.test_x for part in parts]),
+        torch.cat([part.test_y for part in parts]),
+    )
 
 
 MAX_SPEC_LIST: Final = 100_000

@@ -25,12 +25,12 @@ import torch
 
 from ..errors import ConfigError
 from ..format.bits import unpack_mask
-from ..format.header import FORMAT_VERSION, TaskRecord
+from ..format.header import TaskRecord
 from ..model.nets import PerTaskStats
 from ..progress import Progress
 from ..store import MaskStore
 from .choices import SCENARIOS
-from .data import image_source, load_task
+from .data import image_source, load_eval_data, source_specs
 from .mask_banks import MaskBank
 from .objectives import get_objective
 from .taskid import get_method, infer_task
@@ -43,6 +43,7 @@ CSV_COLUMNS: Final = (
     "tasks_learned",
     "task",
     "data",
+    "tested_on",
     "examples",
     "accuracy",
     "accuracy_gg",
@@ -104,11 +105,14 @@ class EvalSettings:
 @dataclass(frozen=True)
 class TaskScore:
     """One task evaluated with the first `tasks_learned` tasks of the store (a cell of the
-    accuracy matrix). `accuracy` is in the report's scenario; GG is measured beside it."""
+    accuracy matrix). `accuracy` is in the report's scenario; GG is measured beside it.
+    `tested_on` names the test images: `data`'s own, or for a merged task (`merge:0,1:and`)
+    those of the tasks it came from (`permuted:1+permuted:2`)."""
 
     tasks_learned: int
     task: int
     data: str
+    tested_on: str
     examples: int
     accuracy: float
     accuracy_gg: float
@@ -253,7 +257,7 @@ def store_identity(store: MaskStore) -> dict[str, Any]:
     digest = tasks_digest(records)
     return {
         "path": str(Path(store.path).resolve()),
-        "format_version": FORMAT_VERSION,
+        "format_version": store.header.version,  # the store's own, not the newest readable
         "task_count": store.task_count,
         "network": store.net.to_dict(),
         "mask_rule": store.header.mask_rule,
@@ -376,6 +380,9 @@ def evaluate_store(
     checkpoints = sorted({k for k in settings.checkpoints if k < count} | {count})
     if settings.scenario == "GG":
         checkpoints = [k for k in checkpoints if any(t < k for t, _ in targets)]
+    stored = [r.data for r in records]
+    # A merged task's own spec names no data: it is tested on the tasks it came from.
+    tested = [source_specs(stored, t) if spec == stored[t] else (spec,) for t, spec in targets]
     infer = infer or taskid_inference(settings, device)
     full_bank = MaskBank.from_store(store, device)
     packed = full_bank.packed
@@ -390,9 +397,9 @@ def evaluate_store(
         for row, (index, spec) in enumerate(targets):
             if index >= k:
                 continue
-            data = load_task(spec, data_root)
+            data = load_eval_data(tested[row], data_root)
             check_classes(data.classes, store.net)
-            x, y = _test_split(data.test_x, data.test_y, settings.images, index)
+            x, y = _test_split(data.x, data.y, settings.images, index)
             if index not in gg:  # the same computation as the accuracy recorded at training
                 masks = bank.masks_of(index)
                 if isinstance(bank.net, PerTaskStats):
@@ -418,6 +425,7 @@ def evaluate_store(
                 TaskScore(
                     k,
                     index,
+                    data.spec if tested[row] == (spec,) else spec,
                     data.spec,
                     len(y),
                     accuracy,

@@ -22,6 +22,7 @@ from ..model.nets import MaskedMLP, build_net
 from ..model.supermask import split_flat
 from ..store import MaskStore
 from .choices import MERGE_RULES
+from .data import merge_spec
 
 EXPORT_FORMATS: Final = (".pt", ".npz")
 GRAM_BLOCK_FLOATS: Final = 1 << 25  # unpacked float32 bits per block (128 MiB), all k tasks
@@ -50,6 +51,8 @@ class Overlap:
 
 def mask_overlap(store: MaskStore, tasks: Sequence[int] | None = None) -> Overlap:
     """Jaccard and Hamming between every pair of the given tasks (all by default)."""
+    if not store.task_count:
+        raise ConfigError(f"{store.path}: the store holds no tasks; train one first")
     indices = list(range(store.task_count)) if tasks is None else [int(t) for t in tasks]
     packed = store.read_packed(indices)  # (k, B) uint8, checksums checked
     bits = store.header.mask_bits
@@ -95,7 +98,7 @@ def merge_tasks(store_path: str | Path, tasks: Sequence[int], rule: str) -> Task
     return store.append_task(
         bits,
         mean,
-        data=f"merge:{','.join(map(str, parents))}:{rule}",
+        data=merge_spec(parents, rule),
         classes=sorted({c for r in records for c in r.classes}),
         accuracy=None,
         train={

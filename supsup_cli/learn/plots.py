@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..store import MaskStore
 from .choices import PLOT_FORMATS as FORMATS
-from .evaluation import SCHEMA, SCHEMA_VERSION
+from .evaluation import SCHEMA, SCHEMA_VERSION, tasks_digest
 from .mask_algebra import mask_overlap
 
 if TYPE_CHECKING:
@@ -58,6 +58,27 @@ def load_report(path: Path) -> dict[str, Any]:
         if key not in report:
             raise InputError(f"{path}: eval report lacks {key!r}")
     return report
+
+
+def check_report_of(store: MaskStore, report: Mapping[str, Any], path: Path) -> None:
+    """A report belongs to a store made with the same network whose first n tasks (n: those the
+    report saw) have its digest, wherever the store lies now: drawing another store's report
+    beside this one's figures would mix two experiments without a word."""
+    identity = report["store"]
+    seen = identity.get("task_count") if isinstance(identity, Mapping) else None
+    records = store.tasks()
+    same = (
+        isinstance(seen, int)
+        and 0 < seen <= len(records)
+        and identity.get("network") == json.loads(json.dumps(store.net.to_dict()))
+        and identity.get("tasks_sha256") == tasks_digest(records[:seen])
+    )
+    if not same:
+        made_from = identity.get("path") if isinstance(identity, Mapping) else None
+        raise InputError(
+            f"{path}: an eval report of another store ({made_from}), or of this one before its "
+            f"tasks changed, not of {store.path}; pass --allow-other-store to draw it anyway"
+        )
 
 
 def report_label(report: Mapping[str, Any], with_density: bool = True) -> str:
@@ -306,14 +327,21 @@ def plot_reports(
     out_dir: Path,
     fmt: str = "png",
     progress: ProgressCallback | None = None,
+    allow_other_store: bool = False,
 ) -> list[Path]:
     """Every figure the inputs allow: curves and bytes (any reports), confusion (GNu reports),
-    mask overlap (the store). Reports may come from other stores (a density sweep is one store
-    per density): each carries its store's identity. Returns the files written."""
+    mask overlap (the store). Reports must be of this store unless `allow_other_store` (a
+    density sweep is one store per density): each carries its store's identity, and labels name
+    the store where two would read alike. Returns the files written."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown figure format {fmt!r}; valid: {', '.join(FORMATS)}")
     store = MaskStore.open(store_path)
+    if not store.task_count:
+        raise ConfigError(f"{store_path}: the store holds no tasks; train one first")
     loaded = [load_report(p) for p in reports]
+    if not allow_other_store:
+        for path, report in zip(reports, loaded, strict=True):
+            check_report_of(store, report, path)
     written = []
 
     def step(name: str, draw: Callable[[], Path]) -> None:
@@ -339,6 +367,5 @@ def plot_reports(
                     r, out_dir / n
                 ),
             )
-    if store.task_count:
-        step("mask overlap", lambda: mask_overlap_heatmap(store, out_dir / f"mask-overlap.{fmt}"))
+    step("mask overlap", lambda: mask_overlap_heatmap(store, out_dir / f"mask-overlap.{fmt}"))
     return written

@@ -22,7 +22,14 @@ from ..model.nets import PerTaskStats, build_net
 from ..model.supermask import ScoreMasks, bits_to_masks, kaiming_uniform_scores, split_flat
 from ..progress import Progress
 from ..store import MaskStore
-from .data import TaskData, load_task
+from .data import (
+    TaskData,
+    canonical_spec,
+    load_eval_data,
+    load_task,
+    merge_parents,
+    source_specs,
+)
 
 DEFAULT_ARCH: Final = "lenet-300-100"
 DEFAULT_OUTPUTS: Final = 10
@@ -200,6 +207,16 @@ class CreationOptions:
         return net, rule, density
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a mask was being learned, before anything was written: the store is as it
+    was (or was not made). An interrupt while the task is written stays a KeyboardInterrupt."""
+
+    def __init__(self, spec: str, store_existed: bool) -> None:
+        super().__init__(spec)
+        self.spec = spec
+        self.store_existed = store_existed
+
+
 @dataclass(frozen=True)
 class TaskOutcome:
     """What train-task did: the task record, the training result, whether it made the store."""
@@ -226,15 +243,21 @@ def train_task(
     data_root: Path | None = None,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    again: bool = False,
 ) -> TaskOutcome:
     """Learn one mask on a data spec and append it, creating the store first if absent.
 
     Everything is validated before training, and the store is written only after training, so a
-    bad option or an interrupted run leaves the store as it was.
+    bad option or an interrupted run leaves the store as it was. A spec the store already holds
+    is refused unless `again` (a second task on the same data is rarely meant, and makes
+    `eval --data` ambiguous).
     """
-    if MaskStore.exists(store_path):
+    existed = MaskStore.exists(store_path)
+    if existed:
         store = MaskStore.open(store_path, writable=False)
         store.check_compatible(**asdict(options))
+        if not again:
+            check_new_spec(store, spec)
         net_config, rule, density = store.net, store.header.mask_rule, store.header.density
         first_index, transfer_mean = store.task_count, store.score_mean()
     else:
@@ -248,7 +271,10 @@ def train_task(
     scores = initial_scores(
         net_config.mask_shapes, config.init_seed, transfer_mean if config.transfer else None
     )
-    result = train_mask(net, data, rule, density, config, scores, device, progress)
+    try:
+        result = train_mask(net, data, rule, density, config, scores, device, progress)
+    except KeyboardInterrupt as interrupt:
+        raise TrainingInterrupted(data.spec, store_existed=existed) from interrupt
     store, created = MaskStore.open_or_create(store_path, net_config, rule, density)
     record = store.append_task(
         result.mask_bits,
@@ -262,6 +288,17 @@ def train_task(
         task_stats=None if result.task_stats is None else result.task_stats.numpy(),
     )
     return TaskOutcome(record, result, created, store.header.mask_bytes)
+
+
+def check_new_spec(store: MaskStore, spec: str) -> None:
+    """Refuse a data spec some stored task was already trained on."""
+    wanted = "{}:{}".format(*canonical_spec(spec))
+    held = [r.index for r in store.tasks() if r.data == wanted]
+    if held:
+        raise ConfigError(
+            f"{store.path} already holds a task trained on {wanted} (task {held[0]}); "
+            "pass --again to train another"
+        )
 
 
 def check_classes(classes: Sequence[int], net: NetConfig) -> None:
@@ -288,10 +325,12 @@ def find_task(store: MaskStore, spec: str | None, task: int | None) -> int:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Accuracy of one stored mask on one data spec's test split, task given (GG)."""
+    """Accuracy of one stored mask on one data spec's test split, task given (GG); `tested_on`
+    names the test images (for a merged task, those of the tasks it came from)."""
 
     task: int
     data: str
+    tested_on: str
     accuracy: float
     examples: int
 
@@ -307,11 +346,14 @@ def evaluate_task(
     store = MaskStore.open(store_path)
     index = find_task(store, spec, task)
     record = store.task(index)
-    data = load_task(spec or record.data, data_root)
+    wanted = spec or record.data
+    merged = wanted == record.data and merge_parents(wanted) is not None
+    sources = source_specs([r.data for r in store.tasks()], index) if merged else (wanted,)
+    data = load_eval_data(sources, data_root)
     net = build_net(store.net, device)
     if isinstance(net, PerTaskStats):
         net.load_task_stats(store.read_task_stats(index))
     masks = bits_to_masks(store.read_mask(index), store.net.mask_shapes, device)
     classes = record.classes
-    accuracy = evaluate(net, masks, data.test_x, data.test_y, classes, device)
-    return Evaluation(index, data.spec, accuracy, len(data.test_y))
+    accuracy = evaluate(net, masks, data.x, data.y, classes, device)
+    return Evaluation(index, wanted if merged else data.spec, data.spec, accuracy, len(data.y))
