@@ -304,14 +304,14 @@ class TaskRecord:
 
     @classmethod
     def decode(cls, row: np.ndarray, index: int, header: StoreHeader) -> TaskRecord:
-        """Parse one record row and check it against the header (reader rule R8)."""
+        """Parse one record row and check it against the header (reader rule R9)."""
         return cls.decode_rows(row[None], [index], header)[0]
 
     @classmethod
     def decode_rows(
         cls, rows: np.ndarray, indices: Sequence[int], header: StoreHeader
     ) -> list[TaskRecord]:
-        """Parse record rows (n, RECORD_BYTES) of the given tasks (reader rule R8). The zero
+        """Parse record rows (n, RECORD_BYTES) of the given tasks (reader rule R9). The zero
         padding is found for all rows at once: a store of thousands of tasks opens faster."""
         width = rows.shape[1]
         written = rows[:, ::-1] != 0

@@ -278,7 +278,7 @@ class StoreReader:
 
     def mask_rows(self, rows: np.ndarray, on_slab: SlabHook | None = None) -> np.ndarray:
         """Mask bytes (n, B) of the given rows: raw, or decoded from their blobs (pack.py) where
-        the raw rows were dropped (reader rule R12); `on_slab` as in _read_rows."""
+        the raw rows were dropped (reader rule R11); `on_slab` as in _read_rows."""
         state = self.header.packed
         if state is None or not state.dropped:
             return self.read_rows("masks", rows, on_slab)
