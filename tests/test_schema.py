@@ -47,11 +47,15 @@ def test_the_shipped_schema_is_the_one_in_formats() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
-def test_the_format_core_needs_neither_torch_nor_jsonschema_to_import() -> None:
+def test_sound_headers_need_neither_torch_nor_jsonschema() -> None:
+    """`jsonschema` (40-80 ms to import) is only loaded to explain a refusal."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import supsup_cli.format.header\n"
-        "assert 'jsonschema' not in sys.modules, 'imported before the first header check'\n"
+        "from supsup_cli.format.architectures import NetConfig\n"
+        "from supsup_cli.format.header import StoreHeader\n"
+        "header = StoreHeader(NetConfig('lenet-300-100'), 'topk', 0.1)\n"
+        "assert StoreHeader.from_attrs(header.to_attrs()) == header\n"
+        "assert 'jsonschema' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
@@ -135,6 +139,7 @@ def test_the_schema_applies_its_limits_and_the_code_registries() -> None:
 
 # -- the compiled record check against jsonschema -------------------------------------------
 STRICT = schema._validator("$defs", schema.RECORD_DEF)
+RECORDS = schema._compiled("$defs", schema.RECORD_DEF)
 VALUES = st.recursive(
     st.none()
     | st.booleans()
@@ -155,7 +160,42 @@ def test_the_compiled_record_check_agrees_with_jsonschema(
     changes: dict[str, Any], dropped: set[str]
 ) -> None:
     record = {k: v for k, v in (sound_record() | changes).items() if k not in dropped}
-    assert schema._record_check()(record) == STRICT.is_valid(record), record
+    assert RECORDS(record) == STRICT.is_valid(record), record
+
+
+HEADERS = schema._compiled()
+STRICT_HEADER = schema._validator()
+HEADER_PATHS = sorted(
+    path for path in schema_fields(SCHEMA)[0] if not path.startswith(("hopfield", "packed"))
+) + ["hopfield", "packed"]
+SOUND_BLOCKS = {
+    "hopfield": {"rule": "storkey-v1", "dtype": "float32", "generation": 1, "tasks": [0, 1]}
+    | {"dropped": [1], "sha256": "ab" * 32},
+    "packed": {"codec": "range-site", "rows": 2, "width": 40, "raw": "kept"},
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    changes=st.dictionaries(st.sampled_from(HEADER_PATHS), VALUES | st.just([0, 0]), max_size=3),
+    dropped=st.sets(st.sampled_from(HEADER_PATHS), max_size=2),
+    blocks=st.sets(st.sampled_from(sorted(SOUND_BLOCKS))),
+)
+def test_the_compiled_header_check_agrees_with_jsonschema(
+    changes: dict[str, Any], dropped: set[str], blocks: set[str]
+) -> None:
+    attrs = sound_header() | {name: json.loads(json.dumps(SOUND_BLOCKS[name])) for name in blocks}
+    for path, value in [*changes.items(), *((p, "<drop>") for p in dropped)]:
+        *parents, last = path.split(".")
+        target = attrs
+        for key in parents:
+            target = target.get(key) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            if value == "<drop>":
+                target.pop(last, None)
+            else:
+                target[last] = value
+    assert HEADERS(attrs) == STRICT_HEADER.is_valid(attrs), attrs
 
 
 @pytest.mark.parametrize(
@@ -173,7 +213,7 @@ def test_the_compiled_record_check_agrees_with_jsonschema(
     ],
 )
 def test_records_the_schema_refuses_are_refused_by_both(record: Any) -> None:
-    assert not schema._record_check()(record) and not STRICT.is_valid(record)
+    assert not RECORDS(record) and not STRICT.is_valid(record)
 
 
 def test_sound_records_never_reach_jsonschema(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,6 +225,7 @@ def test_sound_records_never_reach_jsonschema(monkeypatch: pytest.MonkeyPatch) -
     rows = np.stack([TaskRecord(**_fields(sound_record(i))).encode() for i in range(50)])
     header_ = StoreHeader(NET, "topk", 0.1, task_count=50)
     monkeypatch.setattr(schema, "_validator", refuse)
+    assert StoreHeader.from_attrs(header_.to_attrs()).to_attrs() == header_.to_attrs()
     assert [r.index for r in TaskRecord.decode_rows(rows, range(50), header_)] == list(range(50))
 
 

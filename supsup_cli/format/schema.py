@@ -1,11 +1,11 @@
 """The JSON Schema of a store's header and task records (formats/supsup-store-v1.schema.json,
 shipped in this package): the structural checks of reader rules R5 and R9, in one declaration.
 
-The header (one object per open) is checked by `jsonschema` itself. Records come by the
-thousand and `jsonschema` takes about 0.2 ms each, so the record schema is also compiled here
-into plain predicates (a few microseconds a record) for the keywords it uses; `jsonschema`
-then only explains a record that fails. Both read integers and numbers strictly, as the spec
-says: JSON `true` is not 1, `1.0` is not an integer, NaN and Infinity are not numbers.
+Records come by the thousand and `jsonschema` takes about 0.2 ms each (and 40-80 ms to import),
+so the schema is compiled here into plain predicates for the keywords it uses (a few
+microseconds a record); `jsonschema` is imported only to explain a header or record that fails,
+as one line naming the field. Both read integers and numbers strictly, as the spec says: JSON
+`true` is not 1, `1.0` is not an integer, NaN and Infinity are not numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any, Final
 SCHEMA_FILE: Final = "supsup-store-v1.schema.json"
 RECORD_DEF: Final = "task_record"
 # Keywords that only describe; the record compiler knows every other keyword it meets.
-ANNOTATIONS: Final = frozenset({"title", "description", "$comment"})
+ANNOTATIONS: Final = frozenset(
+    {"title", "description", "$comment", "$schema", "$id", "$defs", "x-limits"}
+)
 
 Check = Callable[[Any], bool]
 
@@ -74,28 +76,36 @@ def _validator(*path: str) -> Any:
 
 def header_problem(attrs: Any) -> str | None:
     """Why the header does not match the schema (the first failure, one line), or None."""
-    error = next(_validator().iter_errors(attrs), None)
-    return None if error is None else describe(error, attrs)
+    return _problem(attrs, ())
 
 
 def block_problem(name: str, block: Any) -> str | None:
     """Why one block of the header (`hopfield`, `packed`) does not match its schema, or None."""
-    error = next(_validator("properties", name).iter_errors(block), None)
-    return None if error is None else describe(error, block, prefix=(name,))
+    return _problem(block, ("properties", name))
 
 
 def record_problem(record: Any) -> str | None:
-    """Why a task record does not match the schema, or None (fast for the records that do)."""
-    if _record_check()(record):
+    """Why a task record does not match the schema, or None."""
+    return _problem(record, ("$defs", RECORD_DEF))
+
+
+def _problem(instance: Any, path: tuple[str, ...]) -> str | None:
+    if _compiled(*path)(instance):
         return None
-    error = next(_validator("$defs", RECORD_DEF).iter_errors(record), None)
-    return "does not match the record schema" if error is None else describe(error, record)
+    error = next(_validator(*path).iter_errors(instance), None)
+    if error is None:  # the compiled check and jsonschema disagree: refuse all the same
+        return "does not match the schema"
+    return describe(error, instance, prefix=path[1:] if path[:1] == ("properties",) else ())
 
 
 # -- the record schema as predicates ----------------------------------------------------------
 @functools.cache
-def _record_check() -> Check:
-    return compile_schema(schema()["$defs"][RECORD_DEF])
+def _compiled(*path: str) -> Check:
+    """The compiled check of the schema, or of the sub-schema at `path` (made once, reused)."""
+    target = schema()
+    for key in path:
+        target = target[key]
+    return compile_schema(target)
 
 
 _PYTHON_TYPES: Final = {
@@ -109,17 +119,18 @@ _PYTHON_TYPES: Final = {
 }
 _COMPILED: Final = frozenset(
     {"type", "const", "enum", "minimum", "maximum", "exclusiveMinimum", "maxLength", "pattern"}
-    | {"minItems", "items", "required", "properties"}
+    | {"minItems", "uniqueItems", "items", "required", "properties", "allOf", "if", "then"}
+    | {"else"}
 )
 
 
 def compile_schema(node: dict[str, Any]) -> Check:
     """One predicate per sub-schema, equal to `jsonschema`'s verdict (with the strict types) on
-    what `json.loads` returns, for the keywords the record schema uses. Any other keyword is
-    refused here, so the schema cannot outgrow the compiler unnoticed."""
+    what `json.loads` returns, for the keywords the schema uses. Any other keyword is refused
+    here, so the schema cannot outgrow the compiler unnoticed."""
     unknown = set(node) - _COMPILED - ANNOTATIONS
     if unknown:
-        raise ValueError(f"the record compiler does not know the keywords {sorted(unknown)}")
+        raise ValueError(f"the schema compiler does not know the keywords {sorted(unknown)}")
     kinds = node.get("type")
     names = [kinds] if isinstance(kinds, str) else kinds
     allowed = None if names is None else {t for n in names for t in _PYTHON_TYPES[n]}
@@ -133,6 +144,11 @@ def compile_schema(node: dict[str, Any]) -> Check:
     required = node.get("required", ())
     fields = [(name, compile_schema(sub)) for name, sub in node.get("properties", {}).items()]
     ranged = low is not None or high is not None or above is not None
+    distinct = node.get("uniqueItems", False)
+    every = [compile_schema(sub) for sub in node.get("allOf", ())]
+    condition = compile_schema(node["if"]) if "if" in node else None
+    then = compile_schema(node["then"]) if "then" in node else _anything
+    otherwise = compile_schema(node["else"]) if "else" in node else _anything
 
     def check(v: Any) -> bool:
         kind = type(v)
@@ -157,6 +173,8 @@ def compile_schema(node: dict[str, Any]) -> Check:
                 return False
             if item is not None and not all(item(x) for x in v):
                 return False
+            if distinct and not _distinct(v):
+                return False
         elif kind is dict:
             for name in required:
                 if name not in v:
@@ -164,9 +182,25 @@ def compile_schema(node: dict[str, Any]) -> Check:
             for name, one in fields:
                 if name in v and not one(v[name]):
                     return False
-        return True
+        if every and not all(one(v) for one in every):
+            return False
+        return condition is None or (then if condition(v) else otherwise)(v)
 
     return check
+
+
+def _anything(value: Any) -> bool:
+    return True
+
+
+def _distinct(items: list[Any]) -> bool:
+    """No two items JSON-equal (true is not 1, 1 is 1.0); lists and objects among them are
+    left to the `items` check, which refuses them wherever the schema asks for distinct items."""
+    try:
+        keys = {(isinstance(x, bool), x) for x in items}
+    except TypeError:
+        return True
+    return len(keys) == len(items)
 
 
 def _equal(a: Any, b: Any) -> bool:
