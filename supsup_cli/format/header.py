@@ -67,7 +67,7 @@ class HopfieldState:
         """Check the block (its schema, then reader rule R6) before any Hopfield array is read."""
         problem = block_problem("hopfield", attrs)
         if problem is not None:
-            raise StoreError(f"invalid 'hopfield' block: {problem}")
+            raise StoreError(problem)
         if mask_bits > MAX_HOPFIELD_BITS:
             raise StoreError(
                 f"a Hopfield matrix needs d <= {MAX_HOPFIELD_BITS:,}; the network has {mask_bits:,}"

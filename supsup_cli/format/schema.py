@@ -67,7 +67,7 @@ def _validator_class() -> Any:
 
 @functools.cache
 def _validator(*path: str) -> Any:
-    """A compiled validator of the schema, or of the sub-schema at `path` (made once, reused)."""
+    """A `jsonschema` validator of the schema, or of the sub-schema at `path` (made once)."""
     target = schema()
     for key in path:
         target = target[key]
@@ -98,7 +98,7 @@ def _problem(instance: Any, path: tuple[str, ...]) -> str | None:
     return describe(error, instance, prefix=path[1:] if path[:1] == ("properties",) else ())
 
 
-# -- the record schema as predicates ----------------------------------------------------------
+# -- the schema as predicates -----------------------------------------------------------------
 @functools.cache
 def _compiled(*path: str) -> Check:
     """The compiled check of the schema, or of the sub-schema at `path` (made once, reused)."""
@@ -204,7 +204,7 @@ def _distinct(items: list[Any]) -> bool:
 
 
 def _equal(a: Any, b: Any) -> bool:
-    """JSON equality of the scalars the record schema names (true is not 1)."""
+    """JSON equality of the scalars the schema names in `const` and `enum` (true is not 1)."""
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     return not isinstance(a, list | dict) and a == b
