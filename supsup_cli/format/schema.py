@@ -86,16 +86,17 @@ def block_problem(name: str, block: Any) -> str | None:
 
 def record_problem(record: Any) -> str | None:
     """Why a task record does not match the schema, or None."""
-    return _problem(record, ("$defs", RECORD_DEF))
+    return _problem(record, ("$defs", RECORD_DEF), quoted=True)
 
 
-def _problem(instance: Any, path: tuple[str, ...]) -> str | None:
+def _problem(instance: Any, path: tuple[str, ...], quoted: bool = False) -> str | None:
     if _compiled(*path)(instance):
         return None
     error = next(_validator(*path).iter_errors(instance), None)
     if error is None:  # the compiled check and jsonschema disagree: refuse all the same
         return "does not match the schema"
-    return describe(error, instance, prefix=path[1:] if path[:1] == ("properties",) else ())
+    prefix = path[1:] if path[:1] == ("properties",) else ()
+    return describe(error, instance, prefix, quoted)
 
 
 # -- the schema as predicates -----------------------------------------------------------------
@@ -217,30 +218,34 @@ _SHORT.maxdict, _SHORT.maxlevel = 4, 2
 LABELS: Final = {("version",): "format version"}  # what the old messages called these fields
 
 
-def field_name(path: Sequence[Any]) -> str:
-    """`('packed', 'width')` -> `'packed' width`: the field a message names."""
+def field_name(path: Sequence[Any], quoted: bool = False) -> str:
+    """The field a message names: `('packed', 'width')` -> `'packed' width`, `('rows',)` ->
+    `rows` (`'rows'` when `quoted`, as record messages name their keys)."""
     path = tuple(path)
     if path in LABELS:
         return LABELS[path]
     head, *rest = [str(p) for p in path] or ["the object"]
-    return " ".join([repr(head), *(f"[{p}]" if p.isdigit() else p for p in rest)])
+    if rest or quoted:
+        head = repr(head)
+    return " ".join([head, *(f"[{p}]" if p.isdigit() else p for p in rest)])
 
 
-def describe(error: Any, instance: Any, prefix: tuple[str, ...] = ()) -> str:
+def describe(error: Any, instance: Any, prefix: tuple[str, ...] = (), quoted: bool = False) -> str:
     """A `jsonschema` error as one line naming the field: `invalid 'packed' width 2: must be
     an integer >= 4`, or `missing 'rows' with format version 2`."""
     path = (*prefix, *error.absolute_path)
     context = "".join(
-        f" with {field_name((*prefix, *where))} {_SHORT.repr(value)}"
+        f" with {field_name((*prefix, *where), quoted)} {_SHORT.repr(value)}"
         for where, value in _conditions(error, instance)
     )
     if error.validator == "required":
         missing = next(n for n in error.validator_value if n not in error.instance)
-        return f"missing {field_name((*path, missing))}{context}"
+        return f"missing {field_name((*path, missing), quoted)}{context}"
     if error.validator == "type" and error.validator_value == "object":
-        return f"invalid {field_name(path)} block: not an object{context}"
+        return f"invalid {field_name(path, quoted=True)} block: not an object{context}"
     shown = _SHORT.repr(error.instance)
-    return f"invalid {field_name(path)} {shown}{context}: must be {expectation(error.schema)}"
+    name = field_name(path, quoted)
+    return f"invalid {name} {shown}{context}: must be {expectation(error.schema)}"
 
 
 def _conditions(error: Any, instance: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
