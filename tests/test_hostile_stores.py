@@ -131,13 +131,15 @@ def test_the_generator_covers_what_the_issue_lists() -> None:
         assert kind in names, kind
 
 
-def test_a_symlinked_lock_file_is_never_followed(sound: Path, tmp_path: Path) -> None:
-    """A shared store whose lock file points at the user's file: writers must not touch it."""
+@pytest.mark.parametrize("where", ["s.zarr/.supsup.lock", ".s.zarr.supsup.lock"])
+def test_a_symlinked_lock_file_is_never_followed(sound: Path, tmp_path: Path, where: str) -> None:
+    """A lock file (an earlier release's in the store, or this one's beside it) that points at
+    the user's file: writers must refuse and not touch it."""
     store = Path(shutil.copytree(sound, tmp_path / "s.zarr"))
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    (store / ".supsup.lock").unlink(missing_ok=True)
-    (store / ".supsup.lock").symlink_to(victim)
+    (tmp_path / where).unlink(missing_ok=True)
+    (tmp_path / where).symlink_to(victim)
     result = run(WRITERS["train-task"], store)
     assert_clean_refusal(result, "train-task")
     assert victim.read_text() == "precious"

@@ -19,6 +19,7 @@ from supsup_cli.errors import StoreChangedError, StoreError
 from supsup_cli.store import MaskStore
 from supsup_cli.store import layout as store_module
 from supsup_cli.store import location as storage
+from supsup_cli.store.layout import LOCK_NAME
 
 runner = CliRunner()
 
@@ -121,7 +122,7 @@ def _read_only(monkeypatch, folder: Path) -> list[bool]:
 
     class Lock(storage.FileLock):
         def acquire(self, *args, **kwargs):
-            if state[0] and Path(self.lock_file).parent == folder:
+            if state[0] and self.lock_file == storage.lock_file(str(folder), LOCK_NAME):
                 raise OSError(errno.EROFS, "Read-only file system", self.lock_file)
             return super().acquire(*args, **kwargs)
 

@@ -1,7 +1,9 @@
-"""What a store's attributes and task records say, parsed and checked (reader rules R2-R6 of
-formats/supsup-store-v1.md): the header, the Hopfield and packed blocks, the task records.
+"""What a store's attributes and task records say, parsed and checked (reader rules R3-R6 and
+R9 of formats/supsup-store-v1.md): the header, the Hopfield and packed blocks, the task records.
 
-Pure data: no zarr here. `store.py` reads these from the group and writes them back.
+The structure is declared once, in the JSON Schema (schema.py); this module adds what a schema
+cannot say: the checks a reader makes first (a store, of a version and codec it reads) and the
+rules between fields. Pure data: no zarr here; the store package reads and writes these.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
@@ -21,7 +22,7 @@ from . import codecs as pack
 from .architectures import NetConfig
 from .bits import packed_bytes
 from .generator import GENERATOR_NAME
-from .rules import MASK_RULES, check_rule
+from .schema import block_problem, header_problem, is_int, record_problem
 
 FORMAT_NAME: Final = "supsup-store"
 FORMAT_VERSION: Final = 3  # the newest version this reads; stores stay 1 until a mask is
@@ -33,7 +34,6 @@ MAX_ROW_CHUNK: Final = 4096  # rows per chunk of the per-task arrays (header `ro
 MAX_ROW_CHUNK_BYTES: Final = 1 << 26  # and at most 64 MiB of the widest row per chunk
 MAX_LOG_ROWS: Final = 100_000_000
 MAX_REVISION: Final = 2**53  # commits that changed tasks; exact in any JSON reader
-SHA256_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 SLOT_ARRAYS: Final = {"mask_counts": "<u4", "score_sum": "<f4"}  # the header's `slots` digests
 MAX_RECORD_TEXT: Final = 1_000  # characters of a record's `data` and `created`
 MAX_HOPFIELD_BITS: Final = 16_384  # d x d float32 energy: 1 GiB at this limit
@@ -64,35 +64,21 @@ class HopfieldState:
 
     @classmethod
     def from_attrs(cls, attrs: Any, mask_bits: int, task_count: int) -> HopfieldState:
-        """Parse and check the block (reader rule R10) before any Hopfield array is read."""
-        if not isinstance(attrs, dict):
-            raise StoreError("invalid 'hopfield' block: not an object")
-        if attrs.get("rule") != HOPFIELD_RULE or attrs.get("dtype") != "float32":
-            raise StoreError(
-                f"unknown Hopfield rule or dtype {attrs.get('rule')!r}/{attrs.get('dtype')!r}"
-            )
+        """Check the block (its schema, then reader rule R6) before any Hopfield array is read."""
+        problem = block_problem("hopfield", attrs)
+        if problem is not None:
+            raise StoreError(problem)
         if mask_bits > MAX_HOPFIELD_BITS:
             raise StoreError(
                 f"a Hopfield matrix needs d <= {MAX_HOPFIELD_BITS:,}; the network has {mask_bits:,}"
             )
-        generation, tasks, dropped = (attrs.get(k) for k in ("generation", "tasks", "dropped"))
-        if not is_int(generation) or generation < 1:
-            raise StoreError(f"invalid Hopfield generation {generation!r}")
-        for name, value in (("tasks", tasks), ("dropped", dropped)):
-            if (
-                not isinstance(value, list)
-                or not all(is_int(t) and 0 <= t < task_count for t in value)
-                or len(set(value)) != len(value)
-            ):
-                raise StoreError(
-                    f"invalid Hopfield '{name}': must be distinct committed task indices"
-                )
-        if not tasks or not set(dropped) <= set(tasks):
-            raise StoreError("invalid Hopfield block: no tasks, or a dropped task not encoded")
-        digest = attrs.get("sha256")
-        if not isinstance(digest, str) or not SHA256_PATTERN.fullmatch(digest):
-            raise StoreError("invalid Hopfield 'sha256': not 64 lowercase hex digits")
-        return cls(generation, tuple(tasks), tuple(dropped), digest)
+        tasks, dropped = attrs["tasks"], attrs["dropped"]
+        if max(tasks) >= task_count or not set(dropped) <= set(tasks):
+            raise StoreError(
+                "invalid 'hopfield' block: 'tasks' must be committed tasks "
+                f"(< {task_count}) and 'dropped' a subset of them"
+            )
+        return cls(attrs["generation"], tuple(tasks), tuple(dropped), attrs["sha256"])
 
 
 def hopfield_checksum(psi: np.ndarray, pattern_sum: np.ndarray) -> str:
@@ -104,7 +90,7 @@ def hopfield_checksum(psi: np.ndarray, pattern_sum: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class PackedState:
-    """The header's `packed` block: mask rows entropy-coded by a codec of pack.py, in the rows of
+    """The header's `packed` block: mask rows entropy-coded by a codec of codecs.py, in the rows of
     the `packed` array, beside the raw rows or instead of them (raw dropped, version 3)."""
 
     codec: str
@@ -121,30 +107,16 @@ class PackedState:
         }
 
     @classmethod
-    def from_attrs(cls, attrs: Any, version: int, net: NetConfig, row_count: int) -> PackedState:
-        """Parse and check the block (reader rule R12) before the `packed` array is read."""
-        if not isinstance(attrs, dict):
-            raise StoreError("invalid 'packed' block: not an object")
-        name = attrs.get("codec")
-        if name not in pack.CODECS:
-            raise StoreError(
-                f"masks are packed with codec {name!r}, which this supsup does not know "
-                f"(known: {', '.join(pack.CODECS)}); upgrade supsup"
-            )
-        raw = attrs.get("raw")
-        if raw not in ("kept", "dropped") or (raw == "dropped") != (version >= PACKED_VERSION):
-            raise StoreError(
-                f"invalid 'packed' block: raw {raw!r} with format version {version} "
-                f"(raw masks are dropped exactly in version {PACKED_VERSION})"
-            )
-        rows, width = attrs.get("rows"), attrs.get("width")
-        if not is_int(rows) or not 0 <= rows <= row_count:
+    def from_attrs(cls, attrs: dict[str, Any], net: NetConfig, row_count: int) -> PackedState:
+        """Reader rule R6 on a block the schema passed: rows and width within the store's."""
+        rows, width = attrs["rows"], attrs["width"]
+        if rows > row_count:
             raise StoreError(f"invalid 'packed' rows {rows!r} (must be in [0, {row_count}])")
         sites = [math.prod(shape) for shape in net.mask_shapes]
-        widest = BLOB_LENGTH_BYTES + pack.get_codec(name).max_blob_bytes(sites)
-        if not is_int(width) or not BLOB_LENGTH_BYTES <= width <= widest:
+        widest = BLOB_LENGTH_BYTES + pack.get_codec(attrs["codec"]).max_blob_bytes(sites)
+        if width > widest:
             raise StoreError(f"invalid 'packed' width {width!r} (must be in [4, {widest}])")
-        return cls(name, rows, width, raw == "dropped")
+        return cls(attrs["codec"], rows, width, attrs["raw"] == "dropped")
 
 
 @dataclass(frozen=True)
@@ -215,95 +187,85 @@ class StoreHeader:
 
     @classmethod
     def from_attrs(cls, attrs: Any) -> StoreHeader:
-        """Parse and check the attributes in the order the spec lists (reader rules R2-R6)."""
+        """Check the attributes in the order of reader rules R3-R6: what a reader must know
+        first (a store, of a version and a codec it reads), then the schema, then the rules
+        between fields."""
         if not isinstance(attrs, dict) or attrs.get("format") != FORMAT_NAME:
             raise StoreError(
                 "not a supsup store (no 'supsup' attributes with format 'supsup-store')"
             )
         version = attrs.get("version")
-        if not is_int(version) or version < 1:
-            raise StoreError(f"invalid format version {version!r}")
-        if version > FORMAT_VERSION:
+        if is_int(version) and version > FORMAT_VERSION:
             raise StoreError(
                 f"store format version {version} is newer than this supsup reads "
-                f"({FORMAT_VERSION});"
-                " upgrade supsup"
+                f"({FORMAT_VERSION}); upgrade supsup"
             )
-        network, generator, mask = (attrs.get(k) for k in ("network", "generator", "mask"))
-        if not all(isinstance(part, dict) for part in (network, generator, mask)):
-            raise StoreError("store attributes lack the 'network', 'generator' or 'mask' objects")
-        if generator.get("name") != GENERATOR_NAME:
-            raise StoreError(f"unknown weight generator {generator.get('name')!r}")
+        codec = attrs["packed"].get("codec") if isinstance(attrs.get("packed"), dict) else None
+        if isinstance(codec, str) and codec not in pack.CODECS:
+            raise StoreError(
+                f"masks are packed with codec {codec!r}, which this supsup does not know "
+                f"(known: {', '.join(pack.CODECS)}); upgrade supsup"
+            )
+        problem = header_problem(attrs)
+        if problem is not None:
+            raise StoreError(f"invalid store attributes: {problem}")
+        return cls._cross_checked(attrs)
+
+    @classmethod
+    def _cross_checked(cls, attrs: dict[str, Any]) -> StoreHeader:
+        """Reader rule R6 on attributes the schema passed: sizes against the network, counts
+        against each other, the blocks against both."""
+        network, mask, version = attrs["network"], attrs["mask"], attrs["version"]
         try:
             net = NetConfig(
-                arch=network.get("arch"),
-                outputs=network.get("outputs"),
-                seed=generator.get("seed"),
-                inputs=network.get("inputs"),
+                arch=network["arch"],
+                outputs=network["outputs"],
+                seed=attrs["generator"]["seed"],
+                inputs=network["inputs"],
             )
-            check_rule(mask.get("rule"), mask.get("density"))
-        except (ConfigError, TypeError) as error:
+        except ConfigError as error:
             raise StoreError(f"invalid store attributes: {error}") from error
-        density = mask.get("density")
-        if mask["rule"] == "sign" and density is not None:
-            raise StoreError("invalid store attributes: the sign rule has no density")
-        if mask.get("bits") != net.mask_bits or mask.get("bytes") != packed_bytes(net.mask_bits):
+        if mask["bits"] != net.mask_bits or mask["bytes"] != packed_bytes(net.mask_bits):
             raise StoreError(
-                f"mask size {mask.get('bits')} bits does not match network {net.arch} "
+                f"mask size {mask['bits']} bits does not match network {net.arch} "
                 f"with {net.outputs} outputs ({net.mask_bits} bits)"
             )
-        count = attrs.get("task_count")
-        if not is_int(count) or not 0 <= count <= MAX_TASKS:
-            raise StoreError(f"invalid task_count {count!r} (must be in [0, {MAX_TASKS}])")
-        hopfield = attrs.get("hopfield")
-        if hopfield is not None:
-            hopfield = HopfieldState.from_attrs(hopfield, net.mask_bits, count)
+        count = attrs["task_count"]
         revision, rows = count, count
         if version >= ROW_MAP_VERSION:
-            revision, rows = attrs.get("revision"), attrs.get("rows")
-            if not is_int(revision) or not count <= revision <= MAX_REVISION:
-                raise StoreError(f"invalid revision {revision!r} (must be in [task_count, 2^53])")
-            if not is_int(rows) or not count <= rows <= count + 1:
+            revision, rows = attrs["revision"], attrs["rows"]
+            if revision < count:
+                raise StoreError(f"invalid revision {revision!r} (must be >= task_count {count})")
+            if not count <= rows <= count + 1:
                 raise StoreError(f"invalid rows {rows!r} (must be task_count or task_count + 1)")
-        log_count = attrs.get("log_count", 0)
-        if not is_int(log_count) or not 0 <= log_count <= MAX_LOG_ROWS:
-            raise StoreError(f"invalid log_count {log_count!r} (must be in [0, {MAX_LOG_ROWS}])")
         row_chunk = attrs.get("row_chunk", 1)
         widest = max(packed_bytes(net.mask_bits), RECORD_BYTES, 4 * net.stats_size)
         most = max(1, min(MAX_ROW_CHUNK, MAX_ROW_CHUNK_BYTES // widest))
-        if not is_int(row_chunk) or not 1 <= row_chunk <= most:
+        if row_chunk > most:
             raise StoreError(
                 f"invalid row_chunk {row_chunk!r} (must be in [1, {most}] for this network)"
             )
+        hopfield = attrs.get("hopfield")
+        if hopfield is not None:
+            hopfield = HopfieldState.from_attrs(hopfield, net.mask_bits, count)
         packed = attrs.get("packed")
-        if packed is not None or version >= PACKED_VERSION:
-            packed = PackedState.from_attrs(packed, version, net, rows)
+        if packed is not None:
+            packed = PackedState.from_attrs(packed, net, rows)
+        slots = attrs.get("slots")
         return cls(
             net,
             mask["rule"],
-            None if density is None else float(density),
+            None if mask["density"] is None else float(mask["density"]),
             count,
             hopfield,
             version,
             revision,
             rows,
-            log_count,
+            attrs.get("log_count", 0),
             packed,
-            slots=_parse_slots(attrs.get("slots")),
+            slots=None if slots is None else (slots["mask_counts"], slots["score_sum"]),
             row_chunk=row_chunk,
         )
-
-
-def _parse_slots(slots: Any) -> tuple[str, str] | None:
-    """The header's `slots` (optional: stores written before it have none; checked when there)."""
-    if slots is None:
-        return None
-    if not isinstance(slots, dict) or not all(
-        isinstance(slots.get(name), str) and SHA256_PATTERN.fullmatch(slots[name])
-        for name in SLOT_ARRAYS
-    ):
-        raise StoreError("invalid 'slots': must give the sha256 of mask_counts and score_sum")
-    return slots["mask_counts"], slots["score_sum"]
 
 
 def slot_digest(row: np.ndarray, name: str) -> str:
@@ -342,14 +304,14 @@ class TaskRecord:
 
     @classmethod
     def decode(cls, row: np.ndarray, index: int, header: StoreHeader) -> TaskRecord:
-        """Parse one record row and check it against the header (reader rule R8)."""
+        """Parse one record row and check it against the header (reader rule R9)."""
         return cls.decode_rows(row[None], [index], header)[0]
 
     @classmethod
     def decode_rows(
         cls, rows: np.ndarray, indices: Sequence[int], header: StoreHeader
     ) -> list[TaskRecord]:
-        """Parse record rows (n, RECORD_BYTES) of the given tasks (reader rule R8). The zero
+        """Parse record rows (n, RECORD_BYTES) of the given tasks (reader rule R9). The zero
         padding is found for all rows at once: a store of thousands of tasks opens faster."""
         width = rows.shape[1]
         written = rows[:, ::-1] != 0
@@ -366,54 +328,27 @@ class TaskRecord:
             data = json.loads(raw.decode())
         except (ValueError, RecursionError) as error:  # bad UTF-8/JSON, deep nesting, huge ints
             raise StoreError(f"task {index}: record is not valid JSON ({error})") from error
-        if not isinstance(data, dict):
-            raise StoreError(f"task {index}: record is not a JSON object")
-        problems = []
-        if data.get("index") != index:
-            problems.append(f"index {data.get('index')!r} != row {index}")
-        for key in ("data", "created"):  # shown on terminals: printable text only
-            text = data.get(key, "")
-            if not isinstance(text, str) or len(text) > MAX_RECORD_TEXT or not text.isprintable():
-                problems.append(f"'{key}' is not printable text of at most {MAX_RECORD_TEXT}")
-        if not isinstance(data.get("train", {}), dict):
-            problems.append("'train' is not an object")
-        seconds = data.get("seconds")
-        if seconds is not None and (not is_number(seconds) or not seconds >= 0):
-            problems.append(f"'seconds' {seconds!r} is not a non-negative number")
-        density = data.get("density")
-        if density is not None and (not is_number(density) or not 0 < density <= 1):
-            problems.append(f"'density' {density!r} is not in (0, 1]")
-        classes = data.get("classes")
-        if (
-            not isinstance(classes, list)
-            or not classes
-            or not all(is_int(c) for c in classes)
-            or not 0 <= min(classes) <= max(classes) < header.net.outputs
-        ):
-            problems.append(f"'classes' must be a non-empty list of outputs < {header.net.outputs}")
-        if data.get("rule") not in MASK_RULES:
-            problems.append(f"unknown rule {data.get('rule')!r}")
-        if not isinstance(data.get("sha256"), str) or not SHA256_PATTERN.fullmatch(data["sha256"]):
-            problems.append("'sha256' is not 64 lowercase hex digits")
-        accuracy = data.get("accuracy")
-        if accuracy is not None and not (is_number(accuracy) and 0 <= accuracy <= 1):
-            problems.append(f"'accuracy' {accuracy!r} is not in [0, 1]")
-        if not is_int(data.get("revision", 0)) or data.get("revision", 0) < 0:
-            problems.append("'revision' is not a non-negative integer")
-        if problems:
-            raise StoreError(f"task {index}: invalid record: {'; '.join(problems)}")
+        problem = record_problem(data)
+        if problem is None:  # the schema passed: then reader rule R9's rules between fields
+            problem = cls._cross_problem(data, index, header.net.outputs)
+        if problem is not None:
+            raise StoreError(f"task {index}: invalid record: {problem}")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        known["classes"] = tuple(classes)
+        known["classes"] = tuple(data["classes"])
         return cls(**known)
+
+    @staticmethod
+    def _cross_problem(data: dict[str, Any], index: int, outputs: int) -> str | None:
+        """What the schema cannot say: the record's row, its network's outputs, printable text."""
+        if data["index"] != index:
+            return f"'index' {data['index']!r} != row {index}"
+        if max(data["classes"]) >= outputs:
+            return f"'classes' must be outputs < {outputs}"
+        for key in ("data", "created"):  # shown on terminals: printable text only
+            if not data.get(key, "").isprintable():
+                return f"'{key}' is not printable text"
+        return None
 
 
 def mask_checksum(packed: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(packed, dtype=np.uint8)).hexdigest()
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -34,7 +34,7 @@ CREATING_KEY: Final = "supsup_creating"
 TASK_ROWS_CHUNK: Final = 65_536  # entries per chunk of the task -> row table
 LOG_BYTES: Final = 1024  # one audit log row: UTF-8 JSON, zero padded
 LOG_CHUNK_ROWS: Final = 256
-LOCK_NAME: Final = ".supsup.lock"
+LOCK_NAME: Final = ".supsup.lock"  # suffix of the lock beside a folder; s3 lock object
 LOCK_TIMEOUT_SECONDS: Final = float(os.environ.get("SUPSUP_LOCK_TIMEOUT", "600"))
 MAX_ROWS: Final = MAX_TASKS + 2  # rows of a per-task array: every task, a replace's, a leftover
 READ_SLAB_BYTES: Final = 1 << 22  # rows read per zarr call: bounds the transient chunk buffers
@@ -287,7 +287,7 @@ def encode_log_row(row: dict[str, Any]) -> np.ndarray:
 def checked_hopfield_arrays(
     group: zarr.Group, header: StoreHeader, state: HopfieldState
 ) -> tuple[zarr.Array, zarr.Array]:
-    """Reader rule R11: Psi and the pattern sum of the committed generation, shapes checked."""
+    """Reader rule R10: Psi and the pattern sum of the committed generation, shapes checked."""
     d, name = header.mask_bits, f"{HOPFIELD_GROUP}/g{state.generation}"
     expected = {"psi": ("float32", (d, d)), "pattern_sum": ("int32", (d,))}
     arrays = []

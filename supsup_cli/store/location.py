@@ -1,6 +1,6 @@
 """Where a store's bytes live: a local folder or an fsspec URL (s3://...), read within limits.
 
-store.py decides what the bytes mean; this module fetches them. Every read goes through
+reader.py and writer.py decide what the bytes mean; this module fetches them. Every read goes through
 `GuardedStore`, which refuses any value larger than the format allows (a huge file, a device
 such as /dev/zero, a zstd frame that would decompress to gigabytes) before it is decoded, so
 a hostile store cannot make a reader allocate more than an honest store of its size would.
@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -274,37 +274,49 @@ class ReadOnlyLocation(StoreError):
 _READ_ONLY_ERRNOS: Final = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+def lock_file(location: str, name: str) -> str:
+    """The lock file of a folder store: beside the folder (`.<folder><name>`), not in it, so
+    that zarr, listing the group, finds nothing it does not know. Symlinks are resolved: every
+    path to one store takes the same lock."""
+    real = os.path.realpath(location)
+    return os.path.join(os.path.dirname(real), f".{os.path.basename(real)}{name}")
+
+
 @contextmanager
 def write_lock(location: str, name: str, timeout: float) -> Iterator[None]:
-    """Hold the store's one writer lock (the file or object `name` in it) for the block."""
+    """Hold the store's one writer lock for the block: the file `lock_file()` for a folder (and
+    `<store>/<name>` too where an earlier release left it, so that its writers are excluded),
+    the object `<store>/<name>` for s3://."""
     if is_url(location):
         with _object_lock(location, name, timeout):
             yield
         return
-    lock = FileLock(os.path.join(location, name), timeout=timeout)
     marker = Path(location) / WRITING_MARKER
-    try:
-        Path(location).mkdir(parents=True, exist_ok=True)
-        lock.acquire()  # flock: the kernel releases it when the holder dies, so it is never stale
-    except Timeout as error:
-        raise StoreError(
-            f"{location}: another writer has held the lock for {timeout:.0f} s "
-            "(set SUPSUP_LOCK_TIMEOUT to wait longer)"
-        ) from error
-    except OSError as error:
-        if error.errno in _READ_ONLY_ERRNOS:
-            raise ReadOnlyLocation(f"{location}: cannot write here ({error.strerror})") from error
-        raise
-    try:
-        if marker.exists():  # the last holder was killed: clear its half-written files
-            remove_partial_files(location)
-        marker.touch()
+    legacy = os.path.join(location, name)  # where releases before this one kept the lock
+    with ExitStack() as held:
+        try:
+            Path(location).mkdir(parents=True, exist_ok=True)
+            held.enter_context(FileLock(lock_file(location, name), timeout=timeout))
+            if os.path.lexists(legacy):  # flock: the kernel releases it if the holder dies
+                held.enter_context(FileLock(legacy, timeout=timeout))
+            if marker.exists():  # the last holder was killed: clear its half-written files
+                remove_partial_files(location)
+            marker.touch()
+        except Timeout as error:
+            raise StoreError(
+                f"{location}: another writer has held the lock for {timeout:.0f} s "
+                "(set SUPSUP_LOCK_TIMEOUT to wait longer)"
+            ) from error
+        except OSError as error:
+            if error.errno in _READ_ONLY_ERRNOS:
+                raise ReadOnlyLocation(
+                    f"{location}: cannot write here ({error.strerror})"
+                ) from error
+            raise
         try:
             yield
         finally:  # not reached by a killed writer: its marker stays for the next one
             marker.unlink(missing_ok=True)
-    finally:
-        lock.release()
 
 
 @dataclass

@@ -137,7 +137,7 @@ class MaskStore(StoreReader):
         return state
 
     def verify(self) -> list[str]:
-        """Full check (reader rule R9); [] if sound (verify.py)."""
+        """Full check (reader rule R13); [] if sound (verify.py)."""
         return verify.verify(self)
 
     def pack(

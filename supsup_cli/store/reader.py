@@ -284,7 +284,7 @@ class StoreReader:
 
     def mask_rows(self, rows: np.ndarray, on_slab: SlabHook | None = None) -> np.ndarray:
         """Mask bytes (n, B) of the given rows: raw, or decoded from their blobs (format/codecs.py)
-        where the raw rows were dropped (reader rule R12); `on_slab` as in read_rows."""
+        where the raw rows were dropped (reader rule R11); `on_slab` as in read_rows."""
         state = self.header.packed
         if state is None or not state.dropped:
             return self.read_rows("masks", rows, on_slab)

@@ -1,4 +1,4 @@
-"""`verify`: the full reader check of reader rule R9 (records, checksums, padding bits, counts,
+"""`verify`: the full reader check of reader rule R13 (records, checksums, padding bits, counts,
 packed blobs, Hopfield energy, statistics, log), as a list of problems."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during t
 
 
 def verify(store: StoreReader) -> list[str]:
-    """Full check (reader rule R9): records, checksums, padding bits, counts. [] if sound.
+    """Full check (reader rule R13): records, checksums, padding bits, counts. [] if sound.
 
     A writer may commit while this reads; a check that failed then is run again on the new
     commit (a few times), so a store appended to concurrently is not reported as damaged.
@@ -53,7 +53,7 @@ def _verify_once(store: StoreReader) -> list[str]:
         except StoreError as error:
             problems.append(str(error))
             continue
-        if index in store.dropped_tasks():  # no mask bytes to check; R10 accounts for them
+        if index in store.dropped_tasks():  # no bytes to check; R13 counts it by pattern sum
             continue
         try:
             packed = (
@@ -98,7 +98,7 @@ def _verify_once(store: StoreReader) -> list[str]:
 
 
 def _verify_blobs(store: StoreReader, rows: np.ndarray) -> list[str]:
-    """Blobs kept beside raw rows must decode to those rows (R12 in `verify`)."""
+    """Blobs kept beside raw rows must decode to those rows (R13)."""
     dropped = set(store.dropped_tasks())
     kept = [task for task in range(store.task_count) if task not in dropped]
     try:
@@ -120,7 +120,7 @@ def _verify_blobs(store: StoreReader, rows: np.ndarray) -> list[str]:
 def _verify_hopfield(
     store: StoreReader, encoded_kept: np.ndarray, problems: list[str]
 ) -> np.ndarray:
-    """Check Psi (R10, R11, checksum, finite, symmetric) and the pattern sum; return the
+    """Check Psi (R6, R10, checksum, finite, symmetric) and the pattern sum; return the
     per-weight count of the dropped masks, which the pattern sum determines."""
     state = store.header.hopfield
     none = np.zeros(store.header.mask_bits, dtype=np.int64)

@@ -367,7 +367,7 @@ def commit_hopfield(
             () if current is None else current.dropped,
             hopfield_checksum(psi, pattern_sum),
         )
-        HopfieldState.from_attrs(state.to_attrs(), d, change.header.task_count)  # R10's checks
+        HopfieldState.from_attrs(state.to_attrs(), d, change.header.task_count)  # R6's checks
         group = change.store.group
         if HOPFIELD_GROUP not in group:
             group.create_group(HOPFIELD_GROUP)
