@@ -1,6 +1,6 @@
 """Where a store's bytes live: a local folder or an fsspec URL (s3://...), read within limits.
 
-reader.py and writer.py decide what the bytes mean; this module fetches them. Every read goes through
+The reader and writer decide what the bytes mean; this module fetches them. Every read goes through
 `GuardedStore`, which refuses any value larger than the format allows (a huge file, a device
 such as /dev/zero, a zstd frame that would decompress to gigabytes) before it is decoded, so
 a hostile store cannot make a reader allocate more than an honest store of its size would.
