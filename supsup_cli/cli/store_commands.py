@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -143,22 +144,28 @@ def train_task_command(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Learn one task's supermask on the fixed weights; append it to the store (made if absent)."""
+    """Learn one task's supermask on the fixed weights; append it to the store (made if absent).
+
+    Started by torchrun (WORLD_SIZE > 1), the ranks share each batch through DDP and rank 0
+    alone writes the store and prints."""
+    from ..learn.distributed import process_group, rank_from_env
     from ..learn.train import TrainConfig, train_task
 
     config = TrainConfig(
         lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
     )
-    with progress_bar(f"training {data}", batches, quiet) as advance:
-        outcome = train_task(
-            store,
-            data,
-            _creation(arch, outputs, seed, mask_rule, density),
-            config,
-            data_root,
-            resolve_device(device),
-            progress=advance,
-        )
+    creation = _creation(arch, outputs, seed, mask_rule, density)
+    rank, chosen = rank_from_env(), resolve_device(device)
+    with (
+        nullcontext(None) if rank is None else process_group(rank, chosen) as group,
+        progress_bar(
+            f"training {data}", batches, quiet or (group is not None and not group.writes)
+        ) as advance,
+    ):
+        where = chosen if group is None else group.device
+        outcome = train_task(store, data, creation, config, data_root, where, advance, group)
+    if outcome is None:  # a rank other than 0: rank 0 reports
+        return
     record = outcome.record
     if json_out:
         emit_json(
@@ -166,6 +173,7 @@ def train_task_command(
                 "store": str(store),
                 "created_store": outcome.created_store,
                 "mask_bytes": outcome.mask_bytes,
+                "world_size": 1 if rank is None else rank.world_size,
                 **record.to_dict(),
             }
         )
@@ -173,7 +181,8 @@ def train_task_command(
         say(
             f"task {record.index} <- {record.data}: test accuracy {record.accuracy:.2%} "
             f"({outcome.result.seconds:.1f} s)"
-            + (f"; created {store}" if outcome.created_store else ""),
+            + (f"; created {store}" if outcome.created_store else "")
+            + ("" if rank is None else f"; {rank.world_size} ranks"),
             quiet,
         )
 
