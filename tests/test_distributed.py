@@ -1,0 +1,137 @@
+"""train-task started by torchrun on the CPU (gloo): two ranks learn what one process learns, rank
+0 alone writes, and a rank that dies stops the others and leaves the store as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from supsup_cli.errors import ConfigError
+from supsup_cli.learn.distributed import RANK_FAULT_ENV, RankGroup, RankInfo, rank_from_env
+from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
+from supsup_cli.store import MaskStore
+
+BATCHES = 150
+# Generous safety nets for a loaded 2-core machine; no test asserts on elapsed time.
+RUN_TIMEOUT = 300
+
+
+def supsup_env(**extra: str) -> dict[str, str]:
+    """This checkout on the path of every rank, one thread each."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", **extra)
+
+
+def test_rank_from_env() -> None:
+    assert rank_from_env({}) is None and rank_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    info = rank_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert info == RankInfo(rank=3, world_size=4, local_rank=1)
+    with pytest.raises(ConfigError, match="outside"):
+        rank_from_env({"WORLD_SIZE": "2", "RANK": "2"})
+    with pytest.raises(ConfigError, match="malformed"):
+        rank_from_env({"WORLD_SIZE": "2"})
+
+
+def test_shards_cover_the_global_batch_and_the_loss_is_its_mean() -> None:
+    index = torch.arange(10, 23)  # 13 rows among 3 ranks: 5, 4, 4
+    groups = [RankGroup(RankInfo(r, 3, r), torch.device("cpu")) for r in range(3)]
+    shards = [g.shard(index) for g in groups]
+    assert torch.equal(torch.cat(shards), index) and [len(s) for s in shards] == [5, 4, 4]
+    logits, labels = torch.randn(13, 10), torch.randint(0, 10, (13,))
+    parts = [
+        g.loss(logits[s - 10], labels[s - 10], len(index))
+        for g, s in zip(groups, shards, strict=True)
+    ]
+    mean = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(sum(parts) / 3, mean)  # DDP averages the ranks' gradients
+    with pytest.raises(ConfigError, match="cannot be shared"):
+        groups[0].shard(index[:2])
+
+
+def test_two_ranks_under_torchrun_learn_what_one_process_learns(tmp_path: Path) -> None:
+    shared = tmp_path / "ddp.zarr"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "supsup_cli", "train-task", str(shared), "--data", "permuted:1",
+         "--batches", str(BATCHES), "--json", "--quiet"],
+        env=supsup_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # rank 0 alone reports
+    payload = json.loads(lines[0])
+    assert payload["world_size"] == 2 and payload["index"] == 0
+    store = MaskStore.open(shared)
+    assert store.verify() == [] and store.task_count == 1
+    alone = train_task(
+        tmp_path / "one.zarr", "permuted:1", CreationOptions(), TrainConfig(batches=BATCHES)
+    )
+    record = store.task(0)
+    assert record.train == alone.record.train  # same seeds, same global batch
+    assert abs(record.accuracy - alone.record.accuracy) <= 0.015
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_killed_rank_stops_every_rank_and_the_store_stays(tmp_path: Path) -> None:
+    killed = 1  # rank 0, the writer, survives it and must not commit (rank 0 dying is the same)
+    path = tmp_path / "s.zarr"
+    train_task(path, "permuted:1", CreationOptions(), TrainConfig(batches=5))
+    before = snapshot(path)
+    env = supsup_env(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        WORLD_SIZE="2",
+        SUPSUP_DIST_TIMEOUT="30",
+        **{RANK_FAULT_ENV: f"{killed}:20"},
+    )
+    ranks = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "supsup_cli",
+                "train-task",
+                str(path),
+                "--data",
+                "permuted:2",
+                "--batches",
+                str(BATCHES),
+                "--quiet",
+            ],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in range(2)
+    ]
+    outputs = [rank.communicate(timeout=RUN_TIMEOUT) for rank in ranks]
+    codes = [rank.returncode for rank in ranks]
+    assert codes[killed] == -9  # the hook's SIGKILL
+    survivor = 1 - killed
+    assert codes[survivor] == 2, outputs[survivor][1][-2000:]
+    message = outputs[survivor][1].strip().splitlines()
+    assert len(message) == 1 and message[0].startswith(f"error: rank {survivor} of 2 stopped")
+    assert snapshot(path) == before
+    assert MaskStore.open(path).verify() == []
