@@ -79,6 +79,19 @@ DensityOpt = Annotated[
     ),
 ]
 
+LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate on the scores.")]
+OptimizerOpt = Annotated[
+    str,
+    typer.Option("--optimizer", help="rmsprop (default) or sgd (momentum 0.9, for bn-2048-2048)."),
+]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", help="Images per training batch (all ranks together).")
+]
+BatchesOpt = Annotated[int, typer.Option("--batches", help="Training batches (steps) per task.")]
+TransferOpt = Annotated[
+    bool, typer.Option("--transfer", help="Start from the mean raw scores of the earlier tasks.")
+]
+
 
 def _creation(arch, outputs, seed, mask_rule, density) -> CreationOptions:
     from ..learn.train import CreationOptions
@@ -122,23 +135,11 @@ def train_task_command(
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate on the scores.")] = 1e-4,
-    optimizer: Annotated[
-        str,
-        typer.Option(
-            "--optimizer", help="rmsprop (default) or sgd (momentum 0.9, for bn-2048-2048)."
-        ),
-    ] = "rmsprop",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Images per training batch.")
-    ] = 128,
-    batches: Annotated[
-        int, typer.Option("--batches", help="Training batches (steps) for this task.")
-    ] = 1000,
-    transfer: Annotated[
-        bool,
-        typer.Option("--transfer", help="Start from the mean raw scores of the earlier tasks."),
-    ] = False,
+    lr: LrOpt = 1e-4,
+    optimizer: OptimizerOpt = "rmsprop",
+    batch_size: BatchSizeOpt = 128,
+    batches: BatchesOpt = 1000,
+    transfer: TransferOpt = False,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "cpu",
     quiet: QuietOpt = False,
