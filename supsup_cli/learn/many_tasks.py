@@ -176,7 +176,7 @@ def train_tasks(
         len(specs) + len(skipped) + bad,
         tuple(skipped),
         tuple(reports),
-        min(workers, max(1, len(specs))),
+        min(workers, len(specs)),
         tuple(devices),
         time.perf_counter() - started,
     )
