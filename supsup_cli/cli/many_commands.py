@@ -110,9 +110,17 @@ def train_tasks_command(
 
     with progress_bar("tasks", 1, quiet) as advance:
         summary = train_tasks(
-            store, data, creation, config, workers, pinned, data_root, skip_existing,
-            advance, report,
-        )  # fmt: skip
+            store,
+            data,
+            creation,
+            config,
+            workers,
+            pinned,
+            data_root,
+            skip_existing,
+            progress=advance,
+            on_report=report,
+        )
     if json_out:
         emit_json(summary_json(store, summary))
     else:

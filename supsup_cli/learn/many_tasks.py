@@ -170,8 +170,8 @@ def train_tasks(
             MaskStore.open(store).check_compatible(**asdict(options))
         else:
             MaskStore.open_or_create(store, *options.new_store_settings())
-        reports.extend(_run_pool(store, specs, options, config, workers, devices, data_root,
-                                 bad, total, progress, on_report))  # fmt: skip
+        pool_args = (store, specs, options, config, workers, devices, data_root, bad, total)
+        reports.extend(_run_pool(*pool_args, progress, on_report))
     return RunSummary(
         len(specs) + len(skipped) + bad,
         tuple(skipped),
