@@ -135,3 +135,45 @@ def test_a_killed_rank_stops_every_rank_and_the_store_stays(tmp_path: Path) -> N
     assert len(message) == 1 and message[0].startswith(f"error: rank {survivor} of 2 stopped")
     assert snapshot(path) == before
     assert MaskStore.open(path).verify() == []
+
+
+COLLECTIVES = """
+import json, sys, torch
+from supsup_cli.errors import ConfigError, SupsupError
+from supsup_cli.learn.distributed import process_group, rank_from_env, share_plan
+
+def refuse():
+    raise ConfigError("the store says no")
+
+info = rank_from_env()
+with process_group(info, torch.device("cpu")) as group:
+    mean = group.average(torch.tensor([float(group.rank), 10.0 * group.rank]))
+    plan = share_plan(group, lambda: {"first_index": 7})
+    try:
+        share_plan(group, refuse)
+        stopped = None
+    except SupsupError as error:
+        stopped = f"{type(error).__name__}: {error}"
+print(json.dumps({"mean": mean.tolist(), "plan": plan, "stopped": stopped}))
+"""
+
+
+def test_ranks_average_statistics_and_share_rank_0s_plan_or_its_error() -> None:
+    env = supsup_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", COLLECTIVES],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [rank.communicate(timeout=RUN_TIMEOUT) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    zero, one = (json.loads(out) for out, _ in outputs)
+    assert zero["mean"] == one["mean"] == [0.5, 5.0]  # per-task BatchNorm statistics, averaged
+    assert zero["plan"] == one["plan"] == {"first_index": 7}
+    assert zero["stopped"] == "ConfigError: the store says no"  # rank 0's own error
+    assert one["stopped"] == "DistributedError: rank 0 stopped: the store says no"
