@@ -93,8 +93,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_killed_rank_stops_every_rank_and_the_store_stays(tmp_path: Path) -> None:
-    killed = 1  # rank 0, the writer, survives it and must not commit (rank 0 dying is the same)
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_dead_or_stalled_rank_stops_the_writer_and_the_store_stays(
+    tmp_path: Path, fault: str
+) -> None:
+    """Rank 1 is SIGKILLed (its peer sees the connection close) or SIGSTOPped (only the process
+    group's timeout can tell) after 20 batches; rank 0, the writer, must fail and not commit."""
     path = tmp_path / "s.zarr"
     train_task(path, "permuted:1", CreationOptions(), TrainConfig(batches=5))
     before = snapshot(path)
@@ -102,37 +106,30 @@ def test_a_killed_rank_stops_every_rank_and_the_store_stays(tmp_path: Path) -> N
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(free_port()),
         WORLD_SIZE="2",
-        SUPSUP_DIST_TIMEOUT="30",
-        **{RANK_FAULT_ENV: f"{killed}:20"},
+        SUPSUP_DIST_TIMEOUT="5",
+        **{RANK_FAULT_ENV: "1:20" + (":stop" if fault == "stop" else "")},
     )
+    command = [sys.executable, "-m", "supsup_cli", "train-task", str(path), "--data", "permuted:2",
+               "--batches", str(BATCHES), "--quiet"]  # fmt: skip
     ranks = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "supsup_cli",
-                "train-task",
-                str(path),
-                "--data",
-                "permuted:2",
-                "--batches",
-                str(BATCHES),
-                "--quiet",
-            ],
+            command,
             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for rank in range(2)
     ]
-    outputs = [rank.communicate(timeout=RUN_TIMEOUT) for rank in ranks]
-    codes = [rank.returncode for rank in ranks]
-    assert codes[killed] == -9  # the hook's SIGKILL
-    survivor = 1 - killed
-    assert codes[survivor] == 2, outputs[survivor][1][-2000:]
-    message = outputs[survivor][1].strip().splitlines()
-    assert len(message) == 1 and message[0].startswith(f"error: rank {survivor} of 2 stopped")
+    _, writer_err = ranks[0].communicate(timeout=RUN_TIMEOUT)
+    if fault == "stop":
+        assert ranks[1].poll() is None  # still there, stalled: rank 0 gave up on the timeout
+        ranks[1].kill()  # what torchrun's agent does to the others once one rank failed
+    ranks[1].communicate(timeout=RUN_TIMEOUT)
+    assert ranks[1].returncode == -9
+    assert ranks[0].returncode == 2, writer_err[-2000:]
+    message = writer_err.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith("error: rank 0 of 2 stopped")
     assert snapshot(path) == before
     assert MaskStore.open(path).verify() == []
 

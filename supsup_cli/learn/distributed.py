@@ -28,7 +28,8 @@ from ..errors import ConfigError, SupsupError, one_line
 TIMEOUT_ENV: Final = "SUPSUP_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S: Final = 60.0
 # Test hook, not a feature: SUPSUP_FAULT_RANK_BATCH=<rank>:<batch> makes that rank SIGKILL itself
-# once it has finished that many batches (tests/test_distributed.py kills a rank mid-training).
+# once it has finished that many batches, <rank>:<batch>:stop makes it stall there (SIGSTOP), so
+# that only the timeout can tell (tests/test_distributed.py).
 RANK_FAULT_ENV: Final = "SUPSUP_FAULT_RANK_BATCH"
 
 
@@ -121,9 +122,10 @@ class RankGroup:
         return box[0]
 
     def after_batch(self, done: int) -> None:
-        """Test hook: SIGKILL this rank after `done` batches if RANK_FAULT_ENV names them."""
-        if os.environ.get(RANK_FAULT_ENV) == f"{self.rank}:{done}":
-            os.kill(os.getpid(), signal.SIGKILL)
+        """Test hook: kill or stall this rank after `done` batches if RANK_FAULT_ENV says so."""
+        fault = os.environ.get(RANK_FAULT_ENV, "").split(":")
+        if fault[:2] == [str(self.rank), str(done)]:
+            os.kill(os.getpid(), signal.SIGSTOP if fault[2:] == ["stop"] else signal.SIGKILL)
 
 
 @dataclass(frozen=True)
