@@ -80,6 +80,26 @@ CASES: list[tuple[str, list[str], str]] = [
         "batches must be in",
     ),
     (
+        "train-tasks-zero-workers",
+        ["train-tasks", "{new}", "--data", "permuted:1..2", "--workers", "0"],
+        "--workers must be in",
+    ),
+    (
+        "train-tasks-unknown-device",
+        ["train-tasks", "{new}", "--data", "permuted:1", "--devices", "cpu,gpu0"],
+        "unknown device 'gpu0'",
+    ),
+    (
+        "train-tasks-into-a-file",
+        ["train-tasks", "{in}/notes.txt", "--data", "permuted:1"],
+        "not a directory",
+    ),
+    (
+        "train-tasks-other-arch",
+        ["train-tasks", "{store}", "--data", "permuted:9", "--arch", "fc-1024-1024"],
+        "fc-1024-1024",
+    ),
+    (
         "train-zero-batch-size",
         ["train-task", "{new}", "--data", "permuted:1", "--batch-size", "0"],
         "batch size",

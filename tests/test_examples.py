@@ -44,3 +44,12 @@ def test_eval_and_plot_pipeline(tmp_path: Path) -> None:
     figures = sorted(p.name for p in (tmp_path / "w" / "figures").glob("*.png"))
     assert "accuracy-vs-tasks.png" in figures and "mask-overlap.png" in figures
     assert len([f for f in figures if f.startswith("taskid-confusion-")]) == 2
+
+
+def test_many_tasks_pipeline(tmp_path: Path) -> None:
+    result = run_example("many-tasks.sh", "m.zarr", "2", "5", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 task(s) landed in m.zarr" in result.stderr
+    assert "0 of 2 task(s) landed in m.zarr, 2 already held" in result.stderr
+    assert "task 2 <- permuted:3" in result.stderr and "2 ranks" in result.stderr
+    assert "ok m.zarr" in result.stdout

@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (importing a module registers its commands)
     allocate_commands,
     hopfield_commands,
     infer_commands,
+    many_commands,
     masks_commands,
     pack_commands,
     plot_commands,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -78,6 +79,19 @@ DensityOpt = Annotated[
     ),
 ]
 
+LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate on the scores.")]
+OptimizerOpt = Annotated[
+    str,
+    typer.Option("--optimizer", help="rmsprop (default) or sgd (momentum 0.9, for bn-2048-2048)."),
+]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", help="Images per training batch (all ranks together).")
+]
+BatchesOpt = Annotated[int, typer.Option("--batches", help="Training batches (steps) per task.")]
+TransferOpt = Annotated[
+    bool, typer.Option("--transfer", help="Start from the mean raw scores of the earlier tasks.")
+]
+
 
 def _creation(arch, outputs, seed, mask_rule, density) -> CreationOptions:
     from ..learn.train import CreationOptions
@@ -121,23 +135,11 @@ def train_task_command(
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate on the scores.")] = 1e-4,
-    optimizer: Annotated[
-        str,
-        typer.Option(
-            "--optimizer", help="rmsprop (default) or sgd (momentum 0.9, for bn-2048-2048)."
-        ),
-    ] = "rmsprop",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Images per training batch.")
-    ] = 128,
-    batches: Annotated[
-        int, typer.Option("--batches", help="Training batches (steps) for this task.")
-    ] = 1000,
-    transfer: Annotated[
-        bool,
-        typer.Option("--transfer", help="Start from the mean raw scores of the earlier tasks."),
-    ] = False,
+    lr: LrOpt = 1e-4,
+    optimizer: OptimizerOpt = "rmsprop",
+    batch_size: BatchSizeOpt = 128,
+    batches: BatchesOpt = 1000,
+    transfer: TransferOpt = False,
     again: Annotated[
         bool,
         typer.Option(
@@ -149,28 +151,35 @@ def train_task_command(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Learn one task's supermask on the fixed weights; append it to the store (made if absent)."""
+    """Learn one task's supermask on the fixed weights; append it to the store (made if absent).
+
+    Started by torchrun (WORLD_SIZE > 1), the ranks share each batch through DDP and rank 0
+    alone writes the store and prints."""
+    from ..learn.distributed import process_group, rank_from_env
     from ..learn.train import TrainConfig, TrainingInterrupted, train_task
 
     config = TrainConfig(
         lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
     )
+    creation = _creation(arch, outputs, seed, mask_rule, density)
+    rank, chosen = rank_from_env(), resolve_device(device)
     try:
-        with progress_bar(f"training {data}", batches, quiet) as advance:
+        with (
+            nullcontext(None) if rank is None else process_group(rank, chosen) as group,
+            progress_bar(
+                f"training {data}", batches, quiet or (group is not None and not group.writes)
+            ) as advance,
+        ):
+            where = chosen if group is None else group.device
             outcome = train_task(
-                store,
-                data,
-                _creation(arch, outputs, seed, mask_rule, density),
-                config,
-                data_root,
-                resolve_device(device),
-                progress=advance,
-                again=again,
+                store, data, creation, config, data_root, where, advance, group, again=again
             )
     except TrainingInterrupted as stopped:  # a bare KeyboardInterrupt (while writing) goes on
         kept = "is as it was" if stopped.store_existed else "was not created"
         say(f"interrupted: nothing of the task on {stopped.spec} was kept; {store} {kept}")
         raise typer.Exit(130) from None
+    if outcome is None:  # a rank other than 0: rank 0 reports
+        return
     record = outcome.record
     if json_out:
         emit_json(
@@ -178,6 +187,7 @@ def train_task_command(
                 "store": str(store),
                 "created_store": outcome.created_store,
                 "mask_bytes": outcome.mask_bytes,
+                "world_size": 1 if rank is None else rank.world_size,
                 **record.to_dict(),
             }
         )
@@ -185,7 +195,8 @@ def train_task_command(
         say(
             f"task {record.index} <- {record.data}: test accuracy {record.accuracy:.2%} "
             f"({outcome.result.seconds:.1f} s)"
-            + (f"; created {store}" if outcome.created_store else ""),
+            + (f"; created {store}" if outcome.created_store else "")
+            + ("" if rank is None else f"; {rank.world_size} ranks"),
             quiet,
         )
 

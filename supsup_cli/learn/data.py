@@ -273,24 +273,35 @@ _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?::(\d+))?")
 _KIND = re.compile(r"[A-Za-z_][\w-]*")
 
 
+def spec_items(text: str) -> list[str]:
+    """A spec list's comma items, each with its kind spelled out (`permuted:1..3,7` ->
+    `permuted:1..3`, `permuted:7`): an item without `kind:` keeps the previous item's kind, and an
+    item without any kind stays as it is (expanding it says so). Nothing else is checked here."""
+    items: list[str] = []
+    kind = ""
+    for raw in text.split(","):
+        item = raw.strip()
+        head, colon, rest = item.partition(":")
+        if colon and _KIND.fullmatch(head.strip()):
+            kind, item = head.strip(), rest.strip()
+        items.append(f"{kind}:{item}" if kind and raw.strip() else item)
+    return items
+
+
 def expand_specs(text: str) -> list[str]:
     """A spec list -> single specs, in order: `permuted:1..250`, `permuted:1,3,5`,
     `rotated:0..350:10` (step 10), `split:0,permuted:4`. An item without `kind:` keeps the
     previous item's kind; ranges are inclusive integer ranges with an optional positive step."""
     specs: list[str] = []
-    kind = ""
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
+    for full in spec_items(text):
+        if not full:
             raise DataSpecError(f"empty item in the data spec list {text!r}")
-        head, colon, rest = item.partition(":")
-        if colon and _KIND.fullmatch(head.strip()):
-            kind, item = head.strip(), rest.strip()
-        if not kind:
-            raise DataSpecError(f"{item!r} in {text!r} has no kind; valid forms: {valid_forms()}")
+        kind, colon, item = full.partition(":")
+        if not colon or not _KIND.fullmatch(kind):
+            raise DataSpecError(f"{full!r} in {text!r} has no kind; valid forms: {valid_forms()}")
         match = _RANGE.fullmatch(item)
         if match is None:
-            specs.append("{}:{}".format(*canonical_spec(f"{kind}:{item}")))
+            specs.append("{}:{}".format(*canonical_spec(full)))
             continue
         start, stop, step = int(match[1]), int(match[2]), int(match[3] or 1)
         if step < 1 or stop < start:

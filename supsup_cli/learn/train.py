@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from .data import (
     merge_parents,
     source_specs,
 )
+
+if TYPE_CHECKING:  # types only: distributed.py loads torch.distributed, needed with torchrun alone
+    from .distributed import RankGroup
 
 DEFAULT_ARCH: Final = "lenet-300-100"
 DEFAULT_OUTPUTS: Final = 10
@@ -100,14 +103,18 @@ def train_mask(
     scores: Sequence[torch.Tensor],
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    group: RankGroup | None = None,
 ) -> TrainResult:
     """Edge-popup: RMSprop or SGD on the scores, cross-entropy through the straight-through mask.
 
     Nets with per-task statistics (BatchNorm) start them afresh, train on batch statistics, and
-    return the running statistics with the mask; the net is left in eval mode either way.
+    return the running statistics with the mask; the net is left in eval mode either way. In a
+    torchrun group each rank trains on its shard of every batch through DDP, and the statistics
+    returned are the ranks' mean.
     """
     started = time.perf_counter()
     masks = ScoreMasks(scores, rule, density).to(device)
+    trained = masks if group is None else group.wrap(masks)
     optimizer = (
         torch.optim.SGD(masks.parameters(), lr=config.lr, momentum=SGD_MOMENTUM)
         if config.optimizer == "sgd"
@@ -123,12 +130,19 @@ def train_mask(
     for step in range(config.batches):
         if cursor + config.batch_size > len(order):  # new epoch: reshuffle
             order, cursor = torch.randperm(len(train_x), generator=generator), 0
-        index = order[cursor : cursor + config.batch_size].to(device)
+        index = order[cursor : cursor + config.batch_size]
         cursor += config.batch_size
-        loss = F.cross_entropy(net(train_x[index], masks()), train_y[index])
+        if group is None:
+            index = index.to(device)
+            loss = F.cross_entropy(net(train_x[index], trained()), train_y[index])
+        else:
+            shard = group.shard(index).to(device)
+            loss = group.loss(net(train_x[shard], trained()), train_y[shard], len(index))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if group is not None:
+            group.after_batch(step + 1)
         if progress is not None:
             loss_value = loss.item()
             progress(step + 1, config.batches, f"loss {loss_value:.3f}")
@@ -137,6 +151,10 @@ def train_mask(
     net.eval()
     with torch.no_grad():
         final = [m.detach() for m in masks()]
+    stats = net.task_stats() if per_task else None
+    if stats is not None and group is not None:
+        stats = group.average(stats)
+        net.load_task_stats(stats)
     accuracy = evaluate(net, final, data.test_x, data.test_y, data.classes, device)
     return TrainResult(
         masks.mask_bits(),
@@ -144,7 +162,7 @@ def train_mask(
         accuracy,
         loss_value,
         time.perf_counter() - started,
-        net.task_stats() if per_task else None,
+        stats,
     )
 
 
@@ -235,6 +253,36 @@ def score_init_seed(store_seed: int, task_index: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
+@dataclass(frozen=True)
+class TaskPlan:
+    """What the store (or the options, for a new store) decide before a task is trained."""
+
+    net: NetConfig
+    rule: str
+    density: float | None
+    first_index: int
+    transfer_mean: np.ndarray | None
+    existed: bool  # whether a store was there (an interrupted run then says it is as it was)
+
+
+def plan_task(
+    store_path: Path, options: CreationOptions, spec: str, again: bool = False
+) -> TaskPlan:
+    """Read the store (or check that one can be made there) without writing anything; a spec
+    the store already holds is refused unless `again`."""
+    if MaskStore.exists(store_path):
+        store = MaskStore.open(store_path, writable=False)
+        store.check_compatible(**asdict(options))
+        if not again:
+            check_new_spec(store, spec)
+        header = store.header
+        return TaskPlan(
+            store.net, header.mask_rule, header.density, store.task_count, store.score_mean(), True
+        )
+    MaskStore.check_creatable(store_path)
+    return TaskPlan(*options.new_store_settings(), 0, None, False)
+
+
 def train_task(
     store_path: Path,
     spec: str,
@@ -243,39 +291,39 @@ def train_task(
     data_root: Path | None = None,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    group: RankGroup | None = None,
     again: bool = False,
-) -> TaskOutcome:
+) -> TaskOutcome | None:
     """Learn one mask on a data spec and append it, creating the store first if absent.
 
     Everything is validated before training, and the store is written only after training, so a
     bad option or an interrupted run leaves the store as it was. A spec the store already holds
     is refused unless `again` (a second task on the same data is rarely meant, and makes
-    `eval --data` ambiguous).
+    `eval --data` ambiguous). In a torchrun group only rank 0 touches the store (plan, then
+    commit); the other ranks train their shards and return None.
     """
-    existed = MaskStore.exists(store_path)
-    if existed:
-        store = MaskStore.open(store_path, writable=False)
-        store.check_compatible(**asdict(options))
-        if not again:
-            check_new_spec(store, spec)
-        net_config, rule, density = store.net, store.header.mask_rule, store.header.density
-        first_index, transfer_mean = store.task_count, store.score_mean()
+    if group is None:
+        plan = plan_task(store_path, options, spec, again)
     else:
-        MaskStore.check_creatable(store_path)
-        net_config, rule, density = options.new_store_settings()
-        first_index, transfer_mean = 0, None
+        from .distributed import share_plan
+
+        plan = share_plan(group, lambda: plan_task(store_path, options, spec, again))
     data = load_task(spec, data_root)
-    check_classes(data.classes, net_config)
-    config = replace(config, init_seed=score_init_seed(net_config.seed, first_index))
-    net = build_net(net_config, device)
+    check_classes(data.classes, plan.net)
+    config = replace(config, init_seed=score_init_seed(plan.net.seed, plan.first_index))
+    net = build_net(plan.net, device)
     scores = initial_scores(
-        net_config.mask_shapes, config.init_seed, transfer_mean if config.transfer else None
+        plan.net.mask_shapes, config.init_seed, plan.transfer_mean if config.transfer else None
     )
     try:
-        result = train_mask(net, data, rule, density, config, scores, device, progress)
+        result = train_mask(
+            net, data, plan.rule, plan.density, config, scores, device, progress, group
+        )
     except KeyboardInterrupt as interrupt:
-        raise TrainingInterrupted(data.spec, store_existed=existed) from interrupt
-    store, created = MaskStore.open_or_create(store_path, net_config, rule, density)
+        raise TrainingInterrupted(data.spec, store_existed=plan.existed) from interrupt
+    if group is not None and not group.writes:
+        return None
+    store, created = MaskStore.open_or_create(store_path, plan.net, plan.rule, plan.density)
     record = store.append_task(
         result.mask_bits,
         result.flat_scores.numpy(),
