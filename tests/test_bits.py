@@ -142,6 +142,24 @@ def test_kernel_variants_equal_numpy(variant: str, monkeypatch) -> None:
         np.testing.assert_allclose(got, weights @ floats, atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", sorted(KERNEL_VARIANTS))
+def test_kernel_table_product_equals_float64(variant: str) -> None:
+    """matmat (many columns: per-image gradients) for every width of its column blocks (16 to
+    64, padded), byte counts that are not whole tiles, k = 0 and 1, and split across threads."""
+    library = bitkernel.build(KERNEL_VARIANTS[variant])
+    assert library is not None, "gcc is needed to build the kernel (the CI image has it)"
+    empty = bitkernel.matmat(library, np.zeros((0, 7), np.uint8), np.ones((50, 9), np.float32))
+    assert empty.shape == (0, 9)
+    cases = [(1, 8, 5, 1), (37, 157, 17, 2), (5, 8 * 33 + 3, 40, 3)]
+    cases += [(11, 1001, 70, 2), (3, 300, 129, 1)]
+    for rows, mask_bits, columns, threads in cases:
+        packed, floats = _float_masks(rows, mask_bits, seed=columns)
+        matrix = np.random.default_rng(rows).standard_normal((mask_bits, columns))
+        got = bitkernel.matmat(library, packed, matrix.astype(np.float32), threads)
+        assert got.shape == (rows, columns) and got.dtype == np.float32
+        np.testing.assert_allclose(got, floats.astype(np.float64) @ matrix, rtol=1e-5, atol=1e-4)
+
+
 def test_products_use_the_kernel_unless_disabled(monkeypatch) -> None:
     packed, floats = _float_masks(6, 300, seed=5)
     matrix = np.random.default_rng(5).standard_normal((300, 3)).astype(np.float32)
