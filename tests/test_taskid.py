@@ -406,7 +406,7 @@ def test_per_image_answers_equal_the_per_example_form(bank, monkeypatch) -> None
     device = DeviceMaskBank(
         **shared, packed=bank.packed, packed_on_device=torch.from_numpy(bank.packed)
     )
-    monkeypatch.setattr("supsup_cli.learn.objectives.GRADIENT_BLOCK_FLOATS", 24 * 50_000)
+    monkeypatch.setattr("supsup_cli.learn.objectives.HOST_GRADIENT_BLOCK_FLOATS", 24 * 50_000)
     for backing in (bank, device):
         result = infer_task(backing, x, per="image")
         assert result.tasks.tolist() == expected.argmin(0).tolist()

@@ -8,7 +8,8 @@
  *
  * matvec:  out[r]   = sum over set bits (r, i) of vec[i]        (threads split the rows)
  * rmatvec: out[i]  += sum over rows r with bit (r, i) set of w[r] (threads split the columns)
- * matmat:  out[r, c] = sum over set bits (r, i) of mat[i, c]      (threads split the rows)
+ * matmat:  out[r, c] = sum over set bits (r, i) of mat[i, c]      (threads split the rows;
+ *          mat in natural order, most significant bit first)
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -175,11 +176,13 @@ static inline __attribute__((always_inline)) void matmat_block(const job_t *job,
     for (int64_t j0 = 0; j0 < job->nbytes; j0 += MATMAT_TILE) {
         const int64_t tile = j0 + MATMAT_TILE < job->nbytes ? MATMAT_TILE : job->nbytes - j0;
         for (int64_t t = 0; t < 2 * tile; t++) {
-            /* nibble t covers lane-order rows 8 * j0 + 4t .. + 3 (low nibble first) */
-            const float *base = job->in + (8 * j0 + 4 * t) * columns + c0;
+            /* mat rows in natural order (np.packbits: the byte's most significant bit first):
+             * low nibble t = 2i of byte j0 + i holds rows 8 (j0 + i) + 4 .. + 7, high nibble
+             * t = 2i + 1 rows 8 (j0 + i) .. + 3, and its bit q goes with the row 3 - q of those */
+            const float *base = job->in + (8 * j0 + 8 * (t / 2) + (t % 2 ? 0 : 4)) * columns + c0;
             for (int q = 0; q < blocks; q++) tables[t][0][q] = (v16){0};
             for (int s = 1; s < 16; s++) {
-                const float *add = base + __builtin_ctz(s) * columns;
+                const float *add = base + (3 - __builtin_ctz(s)) * columns;
                 for (int q = 0; q < blocks; q++) {
                     v16 value;
                     memcpy(&value, add + q * MATMAT_COLUMNS, sizeof value);
@@ -250,8 +253,9 @@ int supsup_rmatvec(const uint8_t *packed, int64_t rows, int64_t nbytes, const fl
     return 0;
 }
 
-/* out (rows, columns) must start at zero; mat is (8 * nbytes, columns) in lane order, with
- * columns a multiple of MATMAT_COLUMNS (the caller pads). */
+/* out (rows, columns) must start at zero; mat is (8 * nbytes, columns) in natural order (not
+ * lane order: no copy of a large matrix), with columns a multiple of MATMAT_COLUMNS (the caller
+ * pads). */
 int supsup_matmat(const uint8_t *packed, int64_t rows, int64_t nbytes, const float *mat,
                   int64_t columns, float *out, int threads) {
     if (columns % MATMAT_COLUMNS) return 1;

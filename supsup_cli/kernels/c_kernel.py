@@ -157,20 +157,22 @@ def matmat(
     library: ctypes.CDLL, packed: np.ndarray, matrix: np.ndarray, threads: int | None = None
 ) -> np.ndarray:
     """(k, B) packed masks x (D, m) float32 -> (k, m) float32, by the kernel's tables: the masks
-    are read once per MATMAT_COLUMNS columns (many columns: per-image gradients)."""
+    are read once per block of up to 64 columns (many columns: per-image gradients)."""
     packed = np.ascontiguousarray(packed, dtype=np.uint8)
     rows, nbytes = packed.shape
     mask_bits, columns = matrix.shape
     width = -(-columns // MATMAT_COLUMNS) * MATMAT_COLUMNS
-    lanes = np.zeros((nbytes, 8, width), dtype=np.float32)
-    lanes.reshape(8 * nbytes, width)[:mask_bits, :columns] = matrix
-    lanes = np.ascontiguousarray(lanes[:, ::-1])  # bit b (least significant first) of byte j
+    if (mask_bits, width) == (8 * nbytes, columns):  # used in place: no copy
+        padded = np.ascontiguousarray(matrix, dtype=np.float32)
+    else:
+        padded = np.zeros((8 * nbytes, width), dtype=np.float32)
+        padded[:mask_bits, :columns] = matrix
     out = np.zeros((rows, width), dtype=np.float32)
     status = library.supsup_matmat(
         packed.ctypes.data,
         rows,
         nbytes,
-        lanes.ctypes.data,
+        padded.ctypes.data,
         width,
         out.ctypes.data,
         threads or _threads(),
