@@ -38,10 +38,15 @@ BLOCK_BYTES: Final = 64  # packed bytes per step of a program (512 mask bits)
 MAX_COLUMNS: Final = 8
 # Programs wanted per streaming multiprocessor: more hide the latency of the loads.
 PROGRAMS_PER_SM: Final = 4
-# The tensor-core kernel's tiles: masks x mask bits x columns per step (tl.dot needs >= 16 each).
-DOT_ROWS: Final = 64
-DOT_BITS: Final = 128
+# The tensor-core kernel's tiles: masks x mask bits x columns per step (tl.dot needs >= 16 each),
+# as Triton's matmul tutorial tiles fp16 (128 x 64 x 128, 8 warps, 3 stages in flight: ~100 KiB
+# of shared memory). Unmeasured here: no GPU was lent. Every program along the masks re-reads
+# the matrix; programs that run together read the same tiles, which L2 then holds.
+DOT_ROWS: Final = 128
+DOT_BITS: Final = 64
 DOT_MAX_COLUMNS_PER_PROGRAM: Final = 128
+DOT_WARPS: Final = 8
+DOT_STAGES: Final = 3
 
 
 @triton.jit
@@ -67,7 +72,8 @@ def _products(
     first = tl.program_id(2) * span
     last = tl.minimum(first + span, nbytes)
     shifts = 7 - tl.arange(0, 8)
-    total = tl.zeros((BLOCK_ROWS,), dtype=tl.float32)
+    # Summed along bytes and bits once at the end: no cross-thread reduction inside the loop.
+    total = tl.zeros((BLOCK_ROWS, BLOCK_BYTES, 8), dtype=tl.float32)
     for start in range(first, last, BLOCK_BYTES):
         byte = start + tl.arange(0, BLOCK_BYTES)
         keep = (row[:, None] < rows) & (byte[None, :] < last)
@@ -80,10 +86,10 @@ def _products(
             other=0.0,
         )
         chosen = (bits[:, :, None] >> shifts[None, None, :]) & 1  # (R, B, 8)
-        picked = tl.where(chosen != 0, value[None, :, :], 0.0)
-        total += tl.sum(tl.sum(picked, axis=2), axis=1)
+        total += tl.where(chosen != 0, value[None, :, :], 0.0)
+    sums = tl.sum(tl.sum(total, axis=2), axis=1)
     where = tl.program_id(2).to(tl.int64) * partial_stride + row.to(tl.int64) * tl.num_programs(1)
-    tl.store(partial + where + column, total, mask=row < rows)
+    tl.store(partial + where + column, sums, mask=row < rows)
 
 
 @triton.jit
@@ -229,6 +235,8 @@ def dot_matmul(
         DOT_ROWS=DOT_ROWS,
         DOT_BITS=DOT_BITS,
         DOT_COLUMNS=block_columns,
+        num_warps=DOT_WARPS,
+        num_stages=DOT_STAGES,
     )
     out = partial.sum(0) if count > 1 else partial[0]
     return out * scale
