@@ -45,6 +45,21 @@ def host_products(
     return packed_matmul_torch(packed_t, matrix.detach(), mask_bits)
 
 
+def host_block_products(
+    packed: np.ndarray,
+    blocks: Iterable[tuple[int, torch.Tensor]],
+    columns: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """⟨Mᵢ, matrix⟩ for packed masks in host memory and a matrix in (start, rows) blocks of D:
+    each block times its slice of bytes, summed in block order (k, columns)."""
+    total = torch.zeros((packed.shape[0], columns), device=device)
+    for start, block in blocks:
+        first, last = _byte_span(start, len(block))
+        total += host_products(packed[:, first:last], block, device, len(block))
+    return total
+
+
 def _byte_span(start: int, rows: int) -> tuple[int, int]:
     """The packed bytes of mask bits [start, start + rows); start must begin a byte."""
     if start % 8:
@@ -89,15 +104,12 @@ class MaskBank(ABC):
     def packed_row(self, row: int) -> np.ndarray:
         """One row's packed mask in host memory, (B,) uint8."""
 
+    @abstractmethod
     def block_products(
         self, blocks: Iterable[tuple[int, torch.Tensor]], columns: int
     ) -> torch.Tensor:
         """⟨Mᵢ, matrix⟩ for a (D, columns) matrix given as (start, rows) blocks in order (starts
-        at multiples of 8): (k, columns). This default assembles the matrix; backings that hold
-        their masks multiply each block by its slice of bytes as it comes (memory: one block)."""
-        parts = [block for _, block in blocks]
-        matrix = torch.cat(parts) if parts else torch.zeros((0, columns), device=self.device)
-        return self.products(matrix)
+        at multiples of 8), each multiplied by its slice of the masks' bytes: (k, columns)."""
 
     # -- what every backing shares --------------------------------------------------------------
 
@@ -239,11 +251,7 @@ class HostMaskBank(MaskBank):
     def block_products(
         self, blocks: Iterable[tuple[int, torch.Tensor]], columns: int
     ) -> torch.Tensor:
-        total = torch.zeros((self.task_count, columns), device=self.device)
-        for start, block in blocks:
-            first, last = _byte_span(start, len(block))
-            total += host_products(self.packed[:, first:last], block, self.device, len(block))
-        return total
+        return host_block_products(self.packed, blocks, columns, self.device)  # one block held
 
     def subset_sum(self, rows: np.ndarray) -> torch.Tensor:
         ones = np.ones(len(rows), dtype=np.float32)
@@ -309,6 +317,16 @@ class StreamedMaskBank(MaskBank):
             for block in self._blocks(rows)
         ]
         return torch.cat(parts) if parts else torch.zeros((0, *matrix.shape[1:]))
+
+    def block_products(
+        self, blocks: Iterable[tuple[int, torch.Tensor]], columns: int
+    ) -> torch.Tensor:
+        blocks = list(blocks)  # every block of masks read needs the whole matrix
+        parts = [
+            host_block_products(packed, blocks, columns, self.device)
+            for packed in self._blocks(None)
+        ]
+        return torch.cat(parts) if parts else torch.zeros((0, columns))
 
     def subset_sum(self, rows: np.ndarray) -> torch.Tensor:
         total = torch.zeros(self.mask_bits)
