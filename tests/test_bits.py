@@ -145,13 +145,14 @@ def test_kernel_variants_equal_numpy(variant: str, monkeypatch) -> None:
 @pytest.mark.parametrize("variant", sorted(KERNEL_VARIANTS))
 def test_kernel_table_product_equals_float64(variant: str) -> None:
     """matmat (many columns: per-image gradients) for every width of its column blocks (16 to
-    64, padded), byte counts that are not whole tiles, k = 0 and 1, and split across threads."""
+    64, padded), byte counts that are not whole tiles or chunks, k = 0 and 1, and split across
+    threads."""
     library = bitkernel.build(KERNEL_VARIANTS[variant])
     assert library is not None, "gcc is needed to build the kernel (the CI image has it)"
     empty = bitkernel.matmat(library, np.zeros((0, 7), np.uint8), np.ones((50, 9), np.float32))
     assert empty.shape == (0, 9)
     cases = [(1, 8, 5, 1), (37, 157, 17, 2), (5, 8 * 33 + 3, 40, 3)]
-    cases += [(11, 1001, 70, 2), (3, 300, 129, 1)]
+    cases += [(11, 1001, 70, 2), (3, 300, 129, 1), (7, 8 * 2100 + 5, 20, 2)]  # 3 chunks
     for rows, mask_bits, columns, threads in cases:
         packed, floats = _float_masks(rows, mask_bits, seed=columns)
         matrix = np.random.default_rng(rows).standard_normal((mask_bits, columns))

@@ -13,6 +13,7 @@
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -25,6 +26,7 @@
 #define MATMAT_COLUMNS 16 /* floats per vector value: one AVX-512 register (two AVX2 ones) */
 #define MATMAT_BLOCKS 4   /* vector values per block of columns (64 columns) */
 #define MATMAT_TILE 16    /* mask bytes per tile: 32 nibble tables of 16 x 64 floats (128 KiB) */
+#define MATMAT_CHUNK 1024 /* mask bytes per row copied tile by tile at a time (a multiple of TILE) */
 
 /* MATMAT_COLUMNS floats as one value (gcc/clang vector extension: one zmm, or two ymm). */
 typedef float v16 __attribute__((vector_size(4 * MATMAT_COLUMNS), aligned(64)));
@@ -166,15 +168,17 @@ static void *rmatvec_job(void *arg) {
 /* matmat by tables ("four Russians"): for each nibble of a tile of mask bytes, the 16 sums of
  * its 4 matrix rows are built once (15 row additions) and shared by all the masks; each mask
  * byte then costs two table rows added per block of columns, instead of 8 multiply-adds per
- * column as in the float stack's matmul. The masks are read once per block of up to
- * MATMAT_BLOCKS x 16 columns (64: fastest of 16, 32 and 64 on a Xeon with AVX-512, k = 2,500,
- * where the tables, 128 KiB, stay in L2 while the rows' accumulators stay in registers). */
-static inline __attribute__((always_inline)) void matmat_block(const job_t *job, int64_t c0,
-                                                                 int blocks) {
+ * column as in the float stack's matmul. The masks are read from memory once (tile_major), and
+ * from that cached copy once per block of up to MATMAT_BLOCKS x 16 columns (64: fastest of 16,
+ * 32 and 64 on a Xeon with AVX-512, k = 2,500: the tables, 128 KiB, stay in L2 while the rows'
+ * accumulators stay in registers). */
+static inline __attribute__((always_inline)) void matmat_block(
+    const job_t *job, const uint8_t *src, int64_t tile_stride, int64_t row_stride, int64_t j_lo,
+    int64_t j_hi, int64_t c0, int blocks) {
     v16 tables[2 * MATMAT_TILE][16][MATMAT_BLOCKS]; /* on the stack: provably unaliased */
     const int64_t columns = job->columns;
-    for (int64_t j0 = 0; j0 < job->nbytes; j0 += MATMAT_TILE) {
-        const int64_t tile = j0 + MATMAT_TILE < job->nbytes ? MATMAT_TILE : job->nbytes - j0;
+    for (int64_t j0 = j_lo; j0 < j_hi; j0 += MATMAT_TILE) {
+        const int64_t tile = j0 + MATMAT_TILE < j_hi ? MATMAT_TILE : j_hi - j0;
         for (int64_t t = 0; t < 2 * tile; t++) {
             /* mat rows in natural order (np.packbits: the byte's most significant bit first):
              * low nibble t = 2i of byte j0 + i holds rows 8 (j0 + i) + 4 .. + 7, high nibble
@@ -190,8 +194,9 @@ static inline __attribute__((always_inline)) void matmat_block(const job_t *job,
                 }
             }
         }
+        const uint8_t *tile_rows = src + (j0 - j_lo) / MATMAT_TILE * tile_stride;
         for (int64_t r = job->lo; r < job->hi; r++) {
-            const uint8_t *row = job->packed + r * job->nbytes + j0;
+            const uint8_t *row = tile_rows + (r - job->lo) * row_stride;
             float *o = job->out + r * columns + c0;
             v16 acc[MATMAT_BLOCKS];
             memcpy(acc, o, blocks * sizeof acc[0]);
@@ -205,16 +210,47 @@ static inline __attribute__((always_inline)) void matmat_block(const job_t *job,
     }
 }
 
+/* The job's rows, bytes [j_lo, j_hi), copied tile by tile (each tile's rows contiguous): the
+ * loop over rows then streams through memory instead of touching one page per row (at
+ * k = 2,500 and D = 315,200, 1.4x faster). Each row's bytes are read in one run. */
+static void tile_major(const job_t *job, uint8_t *tiled, int64_t j_lo, int64_t j_hi) {
+    const int64_t count = job->hi - job->lo;
+    for (int64_t r = 0; r < count; r++) {
+        const uint8_t *row = job->packed + (job->lo + r) * job->nbytes;
+        int64_t j0 = j_lo;
+        uint8_t *to = tiled + r * MATMAT_TILE;
+        for (; j0 + MATMAT_TILE <= j_hi; j0 += MATMAT_TILE, to += count * MATMAT_TILE)
+            memcpy(to, row + j0, MATMAT_TILE); /* a constant size: one vector move */
+        if (j0 < j_hi) memcpy(to, row + j0, j_hi - j0);
+    }
+}
+
 static void *matmat_job(void *arg) {
     const job_t *job = arg;
-    for (int64_t c0 = 0; c0 < job->columns; c0 += MATMAT_BLOCKS * MATMAT_COLUMNS) {
-        switch ((job->columns - c0) / MATMAT_COLUMNS) { /* constant widths: loops unrolled */
-        case 1: matmat_block(job, c0, 1); break;
-        case 2: matmat_block(job, c0, 2); break;
-        case 3: matmat_block(job, c0, 3); break;
-        default: matmat_block(job, c0, MATMAT_BLOCKS); break;
+    const int64_t count = job->hi - job->lo;
+    /* without memory for the copy, the rows are read where they are (slower, same sums) */
+    uint8_t *tiled = count > 0 ? malloc(count * MATMAT_CHUNK) : NULL;
+    for (int64_t j_lo = 0; j_lo < job->nbytes; j_lo += MATMAT_CHUNK) {
+        const int64_t j_hi = j_lo + MATMAT_CHUNK < job->nbytes ? j_lo + MATMAT_CHUNK : job->nbytes;
+        const uint8_t *src = job->packed + job->lo * job->nbytes + j_lo;
+        int64_t tile_stride = MATMAT_TILE, row_stride = job->nbytes;
+        if (tiled != NULL) {
+            tile_major(job, tiled, j_lo, j_hi);
+            src = tiled, tile_stride = count * MATMAT_TILE, row_stride = MATMAT_TILE;
+        }
+        for (int64_t c0 = 0; c0 < job->columns; c0 += MATMAT_BLOCKS * MATMAT_COLUMNS) {
+            const int64_t width = (job->columns - c0) / MATMAT_COLUMNS;
+            const int blocks = width < MATMAT_BLOCKS ? (int)width : MATMAT_BLOCKS;
+            switch (blocks) { /* constant widths: loops unrolled */
+            case 1: matmat_block(job, src, tile_stride, row_stride, j_lo, j_hi, c0, 1); break;
+            case 2: matmat_block(job, src, tile_stride, row_stride, j_lo, j_hi, c0, 2); break;
+            case 3: matmat_block(job, src, tile_stride, row_stride, j_lo, j_hi, c0, 3); break;
+            default: matmat_block(job, src, tile_stride, row_stride, j_lo, j_hi, c0, MATMAT_BLOCKS);
+                break;
+            }
         }
     }
+    free(tiled);
     return NULL;
 }
 
