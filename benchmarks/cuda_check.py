@@ -276,21 +276,22 @@ def block_sweep(packed: torch.Tensor, vector: torch.Tensor, mask_bits: int) -> s
 
     lines = ["| rows per program | bytes per step | ms |", "|---|---|---|"]
     rows, nbytes = packed.shape
-    for block_rows in (8, 16, 32, 64):
-        for block_bytes in (64, 128, 256):
-            out = torch.zeros((rows, 1), device=GPU)
+    for block_rows in (4, 8, 16):
+        for block_bytes in (16, 32, 64, 128):
+            out = torch.zeros((1, rows, 1), device=GPU)
 
             def run(r=block_rows, b=block_bytes, out=out):
-                kernel._products[((rows + r - 1) // r, 1)](
+                kernel._products[((rows + r - 1) // r, 1, 1)](
                     packed,
                     vector,
                     out,
                     rows,
                     nbytes,
                     mask_bits,
+                    nbytes,  # one span: the whole row per program
                     nbytes,
                     1,
-                    1,
+                    rows,
                     BLOCK_ROWS=r,
                     BLOCK_BYTES=b,
                 )

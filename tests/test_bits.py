@@ -142,6 +142,25 @@ def test_kernel_variants_equal_numpy(variant: str, monkeypatch) -> None:
         np.testing.assert_allclose(got, weights @ floats, atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", sorted(KERNEL_VARIANTS))
+def test_kernel_table_product_equals_float64(variant: str) -> None:
+    """matmat (many columns: per-image gradients) for every width of its column blocks (16 to
+    64, padded), byte counts that are not whole tiles or chunks, k = 0 and 1, and split across
+    threads."""
+    library = bitkernel.build(KERNEL_VARIANTS[variant])
+    assert library is not None, "gcc is needed to build the kernel (the CI image has it)"
+    empty = bitkernel.matmat(library, np.zeros((0, 7), np.uint8), np.ones((50, 9), np.float32))
+    assert empty.shape == (0, 9)
+    cases = [(1, 8, 5, 1), (37, 157, 17, 2), (5, 8 * 33 + 3, 40, 3)]
+    cases += [(11, 1001, 70, 2), (3, 300, 129, 1), (7, 8 * 2100 + 5, 20, 2)]  # 3 chunks
+    for rows, mask_bits, columns, threads in cases:
+        packed, floats = _float_masks(rows, mask_bits, seed=columns)
+        matrix = np.random.default_rng(rows).standard_normal((mask_bits, columns))
+        got = bitkernel.matmat(library, packed, matrix.astype(np.float32), threads)
+        assert got.shape == (rows, columns) and got.dtype == np.float32
+        np.testing.assert_allclose(got, floats.astype(np.float64) @ matrix, rtol=1e-5, atol=1e-4)
+
+
 def test_products_use_the_kernel_unless_disabled(monkeypatch) -> None:
     packed, floats = _float_masks(6, 300, seed=5)
     matrix = np.random.default_rng(5).standard_normal((300, 3)).astype(np.float32)
@@ -206,7 +225,8 @@ def test_fused_gpu_kernel_is_off_with_the_kernel_switch(monkeypatch) -> None:
 
 def test_a_fused_kernel_that_fails_leaves_the_unpack_path(monkeypatch) -> None:
     """On a GPU Triton cannot build for, the first product warns once and every product is
-    still right, through the unpack path. (CPU tensors stand in for CUDA ones here.)"""
+    still right, through the unpack path; the kernel is picked by the number of columns, and a
+    failing tensor-core kernel leaves the vector kernel in use. (CPU tensors stand in for CUDA.)"""
     calls = []
 
     class Broken:
@@ -214,18 +234,74 @@ def test_a_fused_kernel_that_fails_leaves_the_unpack_path(monkeypatch) -> None:
 
         @staticmethod
         def matmul(*args: object) -> None:
-            calls.append(args)
+            calls.append(("matmul", args[1].shape))
             raise RuntimeError("no kernel image is available for this device")
+
+        @staticmethod
+        def dot_matmul(*args: object) -> None:
+            calls.append(("dot_matmul", args[1].shape))
+            raise RuntimeError("no tensor cores here")
 
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     monkeypatch.setattr("supsup_cli.kernels.torch_products.fused_gpu_kernel", lambda: Broken)
-    monkeypatch.setattr("supsup_cli.kernels.torch_products._fused_failed", False)
+    monkeypatch.setattr("supsup_cli.kernels.torch_products._failed", set())
     packed, floats = _float_masks(5, 83, 0)
-    vector = np.random.default_rng(1).standard_normal(83).astype(np.float32)
-    expected = floats.astype(np.float64) @ vector
-    with pytest.warns(RuntimeWarning, match="no kernel image"):
-        got = packed_matmul_torch(torch.from_numpy(packed), torch.from_numpy(vector), 83)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
-    again = packed_matmul_torch(torch.from_numpy(packed), torch.from_numpy(vector), 83)
-    np.testing.assert_allclose(again.numpy(), expected, rtol=1e-4, atol=1e-4)
-    assert len(calls) == 1
+    rng = np.random.default_rng(1)
+    for columns, kernel, message in ((9, "dot_matmul", "tensor cores"), (8, "matmul", "image")):
+        matrix = rng.standard_normal((83, columns)).astype(np.float32)
+        expected = floats.astype(np.float64) @ matrix
+        with pytest.warns(RuntimeWarning, match=message):
+            got = packed_matmul_torch(torch.from_numpy(packed), torch.from_numpy(matrix), 83)
+        assert calls[-1] == (kernel, (83, columns))
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
+        again = packed_matmul_torch(torch.from_numpy(packed), torch.from_numpy(matrix), 83)
+        np.testing.assert_allclose(again.numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert len(calls) == 2
+
+
+TENSOR_CORE_CHECK = """
+import json, numpy as np, torch
+from supsup_cli.kernels import triton_kernel
+from supsup_cli.kernels.torch_products import packed_matmul_torch
+torch.Tensor.is_cuda = property(lambda self: True)  # the dispatch of the CUDA path, on the CPU
+rng = np.random.default_rng(11)
+results = []
+for rows, mask_bits, columns, spans in [(0, 50, 9, None), (1, 157, 9, None), (37, 157, 16, None),
+                                        (70, 2051, 33, 3), (3, 1, 16, None), (9, 301, 3, 4)]:
+    bits = rng.integers(0, 2, (rows, mask_bits)).astype(bool)
+    packed = torch.from_numpy(np.packbits(bits, axis=1).reshape(rows, (mask_bits + 7) // 8))
+    matrix = rng.standard_normal((mask_bits, columns)).astype(np.float32)
+    matrix[:, 0] *= 1e-30  # below fp16's range: the per-column scale keeps it
+    if spans is None:  # the dispatch by columns: vector kernel up to 8, tensor cores beyond
+        got = packed_matmul_torch(packed, torch.from_numpy(matrix), mask_bits)
+    elif columns > triton_kernel.MAX_COLUMNS:
+        got = triton_kernel.dot_matmul(packed, torch.from_numpy(matrix), mask_bits, spans)
+    else:
+        got = triton_kernel.matmul(packed, torch.from_numpy(matrix), mask_bits, spans)
+    exact = bits.astype(np.float64) @ matrix.astype(np.float64)
+    magnitude = bits.astype(np.float64) @ np.abs(matrix.astype(np.float64))  # Σ |x_d| over bits
+    scale = 2.0 ** np.ceil(np.log2(np.abs(matrix).max(axis=0)))
+    # The split's bound (triton_kernel) plus fp32 sums of mask_bits terms (γ_D = D 2^-24).
+    bound = (2.0**-22 + mask_bits * 2.0**-24) * magnitude
+    bound += 2.0**-24 * scale * bits.sum(axis=1, keepdims=True)
+    ok = tuple(got.shape) == exact.shape and got.dtype == torch.float32
+    results.append(bool(ok and (np.abs(got.numpy() - exact) <= bound).all()))
+print(json.dumps(results))
+"""
+
+
+def test_tensor_core_kernel_equals_float64_within_its_bound() -> None:
+    """The tensor-core kernel (fp16 halves of scaled columns, fp32 sums) and the split vector
+    kernel, by Triton's interpreter on the CPU: within the stated bound of the float64 product
+    for D not a multiple of 8, k = 0 and 1, n = 9, 16 and 33, and a column of tiny values."""
+    pytest.importorskip("triton")
+    done = subprocess.run(
+        [sys.executable, "-c", TENSOR_CORE_CHECK],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True] * 6

@@ -372,3 +372,45 @@ def test_the_factory_holds_masks_on_the_host_for_the_cpu(trained) -> None:
             task_classes=held.task_classes,
             device=held.device,
         )
+
+
+@pytest.mark.parametrize("objective", ["H", "G"])
+def test_per_image_gradients_are_one_backwards_outer_products(objective: str) -> None:
+    """Blocks of the batched outer-product gradients (starts at bytes, ragged layer edges)
+    equal the per-example vmap gradients."""
+    net = build_net(CONFIG_G)
+    mean = torch.from_numpy(random_bits(3, CONFIG_G.mask_bits, seed=4).mean(0, dtype=np.float32))
+    x = torch.randn(5, 784, generator=torch.Generator().manual_seed(2))
+    chosen, superfluous = objectives.get_objective(objective), torch.arange(10, 20)
+    expected = objectives.per_example_mask_gradients(net, mean, x, chosen, superfluous)  # (n, D)
+    blocks = list(
+        objectives.per_example_gradient_blocks(net, mean, x, chosen, superfluous, 5 * 7000)
+    )
+    starts = [start for start, _ in blocks]
+    assert len(blocks) > 3 and all(start % 8 == 0 for start in starts)
+    assert starts == [sum(len(b) for _, b in blocks[:i]) for i in range(len(blocks))]
+    got = torch.cat([block for _, block in blocks])  # (D, n)
+    scale = float(expected.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(got, expected.T, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_per_image_answers_equal_the_per_example_form(bank, monkeypatch) -> None:
+    """The streamed outer-product products choose the task the per-example (vmap) gradients'
+    products choose, for every image, whether the masks are held on the host or as tensors."""
+    x = torch.cat([images(f"permuted:{t}", 8, start=500)[0] for t in (1, 2, 3)])
+    mean, entropy = bank.mean_mask(), objectives.get_objective("H")
+    gradients = objectives.per_example_mask_gradients(bank.net, mean, x, entropy)  # (n, D)
+    expected = bank.products(gradients.T.contiguous())  # (k, n)
+    shared = {f.name: getattr(bank, f.name) for f in fields(MaskBank)}
+    device = DeviceMaskBank(
+        **shared, packed=bank.packed, packed_on_device=torch.from_numpy(bank.packed)
+    )
+    monkeypatch.setattr("supsup_cli.learn.objectives.HOST_GRADIENT_BLOCK_FLOATS", 24 * 50_000)
+    for backing in (bank, device):
+        result = infer_task(backing, x, per="image")
+        assert result.tasks.tolist() == expected.argmin(0).tolist()
+        blocks = objectives.per_example_gradient_blocks(backing.net, mean, x, entropy)
+        got = backing.block_products(blocks, len(x))
+        tolerance = 1e-5 * float(gradients.abs().sum(1).max())
+        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)

@@ -8,9 +8,12 @@
  *
  * matvec:  out[r]   = sum over set bits (r, i) of vec[i]        (threads split the rows)
  * rmatvec: out[i]  += sum over rows r with bit (r, i) set of w[r] (threads split the columns)
+ * matmat:  out[r, c] = sum over set bits (r, i) of mat[i, c]      (threads split the rows;
+ *          mat in natural order, most significant bit first)
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -20,6 +23,13 @@
 #define MATVEC_BLOCK 2048  /* mask bytes per column block: 64 KiB of vector floats (L2) */
 #define RMATVEC_BLOCK 512  /* mask bytes per column block: 16 KiB of output floats (L1) */
 #define MAX_THREADS 256
+#define MATMAT_COLUMNS 16 /* floats per vector value: one AVX-512 register (two AVX2 ones) */
+#define MATMAT_BLOCKS 4   /* vector values per block of columns (64 columns) */
+#define MATMAT_TILE 16    /* mask bytes per tile: 32 nibble tables of 16 x 64 floats (128 KiB) */
+#define MATMAT_CHUNK 1024 /* mask bytes per row copied tile by tile at a time (a multiple of TILE) */
+
+/* MATMAT_COLUMNS floats as one value (gcc/clang vector extension: one zmm, or two ymm). */
+typedef float v16 __attribute__((vector_size(4 * MATMAT_COLUMNS), aligned(64)));
 
 /* Sum of vec[8*j + b] over the set bits b of bytes [j0, j1) of one row (lane order). */
 static float row_dot(const uint8_t *row, const float *vec, int64_t j0, int64_t j1) {
@@ -121,6 +131,7 @@ typedef struct {
     int64_t rows, nbytes, lo, hi; /* this thread's rows (matvec) or bytes (rmatvec) */
     const float *in;
     float *out;
+    int64_t columns; /* matmat: columns of `in` and `out` (a multiple of MATMAT_COLUMNS) */
 } job_t;
 
 static void *matvec_job(void *arg) {
@@ -154,9 +165,99 @@ static void *rmatvec_job(void *arg) {
     return NULL;
 }
 
+/* matmat by tables ("four Russians"): for each nibble of a tile of mask bytes, the 16 sums of
+ * its 4 matrix rows are built once (15 row additions) and shared by all the masks; each mask
+ * byte then costs two table rows added per block of columns, instead of 8 multiply-adds per
+ * column as in the float stack's matmul. The masks are read from memory once (tile_major), and
+ * from that cached copy once per block of up to MATMAT_BLOCKS x 16 columns (64: fastest of 16,
+ * 32 and 64 on a Xeon with AVX-512, k = 2,500: the tables, 128 KiB, stay in L2 while the rows'
+ * accumulators stay in registers). */
+static inline __attribute__((always_inline)) void matmat_block(
+    const job_t *job, const uint8_t *src, int64_t tile_stride, int64_t row_stride, int64_t j_lo,
+    int64_t j_hi, int64_t c0, int blocks) {
+    v16 tables[2 * MATMAT_TILE][16][MATMAT_BLOCKS]; /* on the stack: provably unaliased */
+    const int64_t columns = job->columns;
+    for (int64_t j0 = j_lo; j0 < j_hi; j0 += MATMAT_TILE) {
+        const int64_t tile = j0 + MATMAT_TILE < j_hi ? MATMAT_TILE : j_hi - j0;
+        for (int64_t t = 0; t < 2 * tile; t++) {
+            /* mat rows in natural order (np.packbits: the byte's most significant bit first):
+             * low nibble t = 2i of byte j0 + i holds rows 8 (j0 + i) + 4 .. + 7, high nibble
+             * t = 2i + 1 rows 8 (j0 + i) .. + 3, and its bit q goes with the row 3 - q of those */
+            const float *base = job->in + (8 * j0 + 8 * (t / 2) + (t % 2 ? 0 : 4)) * columns + c0;
+            for (int q = 0; q < blocks; q++) tables[t][0][q] = (v16){0};
+            for (int s = 1; s < 16; s++) {
+                const float *add = base + (3 - __builtin_ctz(s)) * columns;
+                for (int q = 0; q < blocks; q++) {
+                    v16 value;
+                    memcpy(&value, add + q * MATMAT_COLUMNS, sizeof value);
+                    tables[t][s][q] = tables[t][s & (s - 1)][q] + value;
+                }
+            }
+        }
+        const uint8_t *tile_rows = src + (j0 - j_lo) / MATMAT_TILE * tile_stride;
+        for (int64_t r = job->lo; r < job->hi; r++) {
+            const uint8_t *row = tile_rows + (r - job->lo) * row_stride;
+            float *o = job->out + r * columns + c0;
+            v16 acc[MATMAT_BLOCKS];
+            memcpy(acc, o, blocks * sizeof acc[0]);
+            for (int64_t t = 0; t < tile; t++) {
+                const v16 *low = tables[2 * t][row[t] & 15u];
+                const v16 *high = tables[2 * t + 1][row[t] >> 4];
+                for (int q = 0; q < blocks; q++) acc[q] += low[q] + high[q];
+            }
+            memcpy(o, acc, blocks * sizeof acc[0]);
+        }
+    }
+}
+
+/* The job's rows, bytes [j_lo, j_hi), copied tile by tile (each tile's rows contiguous): the
+ * loop over rows then streams through memory instead of touching one page per row (at
+ * k = 2,500 and D = 315,200, 1.4x faster). Each row's bytes are read in one run. */
+static void tile_major(const job_t *job, uint8_t *tiled, int64_t j_lo, int64_t j_hi) {
+    const int64_t count = job->hi - job->lo;
+    for (int64_t r = 0; r < count; r++) {
+        const uint8_t *row = job->packed + (job->lo + r) * job->nbytes;
+        int64_t j0 = j_lo;
+        uint8_t *to = tiled + r * MATMAT_TILE;
+        for (; j0 + MATMAT_TILE <= j_hi; j0 += MATMAT_TILE, to += count * MATMAT_TILE)
+            memcpy(to, row + j0, MATMAT_TILE); /* a constant size: one vector move */
+        if (j0 < j_hi) memcpy(to, row + j0, j_hi - j0);
+    }
+}
+
+static void *matmat_job(void *arg) {
+    const job_t *job = arg;
+    const int64_t count = job->hi - job->lo;
+    /* without memory for the copy, the rows are read where they are (slower, same sums) */
+    uint8_t *tiled = count > 0 ? malloc(count * MATMAT_CHUNK) : NULL;
+    for (int64_t j_lo = 0; j_lo < job->nbytes; j_lo += MATMAT_CHUNK) {
+        const int64_t j_hi = j_lo + MATMAT_CHUNK < job->nbytes ? j_lo + MATMAT_CHUNK : job->nbytes;
+        const uint8_t *src = job->packed + job->lo * job->nbytes + j_lo;
+        int64_t tile_stride = MATMAT_TILE, row_stride = job->nbytes;
+        if (tiled != NULL) {
+            tile_major(job, tiled, j_lo, j_hi);
+            src = tiled, tile_stride = count * MATMAT_TILE, row_stride = MATMAT_TILE;
+        }
+        for (int64_t c0 = 0; c0 < job->columns; c0 += MATMAT_BLOCKS * MATMAT_COLUMNS) {
+            const int64_t width = (job->columns - c0) / MATMAT_COLUMNS;
+            const int blocks = width < MATMAT_BLOCKS ? (int)width : MATMAT_BLOCKS;
+            switch (blocks) { /* constant widths: loops unrolled */
+            case 1: matmat_block(job, src, tile_stride, row_stride, j_lo, j_hi, c0, 1); break;
+            case 2: matmat_block(job, src, tile_stride, row_stride, j_lo, j_hi, c0, 2); break;
+            case 3: matmat_block(job, src, tile_stride, row_stride, j_lo, j_hi, c0, 3); break;
+            default: matmat_block(job, src, tile_stride, row_stride, j_lo, j_hi, c0, MATMAT_BLOCKS);
+                break;
+            }
+        }
+    }
+    free(tiled);
+    return NULL;
+}
+
 /* Split [0, extent) into `threads` runs (multiples of `align`) and run `work` on each. */
 static void run_split(void *(*work)(void *), const uint8_t *packed, int64_t rows, int64_t nbytes,
-                      const float *in, float *out, int64_t extent, int64_t align, int threads) {
+                      const float *in, float *out, int64_t columns, int64_t extent, int64_t align,
+                      int threads) {
     int64_t units = (extent + align - 1) / align;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > units) threads = (int)units;
@@ -166,7 +267,7 @@ static void run_split(void *(*work)(void *), const uint8_t *packed, int64_t rows
     int started[MAX_THREADS] = {0};
     for (int t = 0; t < threads; t++) {
         int64_t lo = units * t / threads * align, hi = units * (t + 1) / threads * align;
-        jobs[t] = (job_t){packed, rows, nbytes, lo, hi < extent ? hi : extent, in, out};
+        jobs[t] = (job_t){packed, rows, nbytes, lo, hi < extent ? hi : extent, in, out, columns};
     }
     for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, work, &jobs[t]) == 0;
     work(&jobs[0]);
@@ -178,12 +279,22 @@ static void run_split(void *(*work)(void *), const uint8_t *packed, int64_t rows
 
 int supsup_matvec(const uint8_t *packed, int64_t rows, int64_t nbytes, const float *vec,
                   float *out, int threads) {
-    run_split(matvec_job, packed, rows, nbytes, vec, out, rows, 1, threads);
+    run_split(matvec_job, packed, rows, nbytes, vec, out, 1, rows, 1, threads);
     return 0;
 }
 
 int supsup_rmatvec(const uint8_t *packed, int64_t rows, int64_t nbytes, const float *weights,
                    float *out, int threads) {
-    run_split(rmatvec_job, packed, rows, nbytes, weights, out, nbytes, 64, threads);
+    run_split(rmatvec_job, packed, rows, nbytes, weights, out, 1, nbytes, 64, threads);
+    return 0;
+}
+
+/* out (rows, columns) must start at zero; mat is (8 * nbytes, columns) in natural order (not
+ * lane order: no copy of a large matrix), with columns a multiple of MATMAT_COLUMNS (the caller
+ * pads). */
+int supsup_matmat(const uint8_t *packed, int64_t rows, int64_t nbytes, const float *mat,
+                  int64_t columns, float *out, int threads) {
+    if (columns % MATMAT_COLUMNS) return 1;
+    run_split(matmat_job, packed, rows, nbytes, mat, out, columns, rows, 1, threads);
     return 0;
 }

@@ -29,6 +29,7 @@ KERNEL_ENV: Final = "SUPSUP_KERNEL"  # "0" turns the kernel off
 CACHE_ENV: Final = "SUPSUP_CACHE_DIR"
 DEFAULT_FLAGS: Final = ("-O3", "-march=native")
 COMPILE_TIMEOUT_SECONDS: Final = 120
+MATMAT_COLUMNS: Final = 16  # bitkernel.c's columns per block: matmat pads to a multiple
 
 
 def enabled() -> bool:
@@ -88,6 +89,16 @@ def build(flags: tuple[str, ...] = DEFAULT_FLAGS) -> ctypes.CDLL | None:
             ctypes.c_void_p,
             ctypes.c_int,
         ]
+    library.supsup_matmat.restype = ctypes.c_int
+    library.supsup_matmat.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
     return library
 
 
@@ -140,6 +151,35 @@ def matvec(
         packed.ctypes.data, rows, nbytes, lanes.ctypes.data, out.ctypes.data, threads or _threads()
     )
     return out
+
+
+def matmat(
+    library: ctypes.CDLL, packed: np.ndarray, matrix: np.ndarray, threads: int | None = None
+) -> np.ndarray:
+    """(k, B) packed masks x (D, m) float32 -> (k, m) float32, by the kernel's tables: the masks
+    are read once per block of up to 64 columns (many columns: per-image gradients)."""
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    rows, nbytes = packed.shape
+    mask_bits, columns = matrix.shape
+    width = -(-columns // MATMAT_COLUMNS) * MATMAT_COLUMNS
+    if (mask_bits, width) == (8 * nbytes, columns):  # used in place: no copy
+        padded = np.ascontiguousarray(matrix, dtype=np.float32)
+    else:
+        padded = np.zeros((8 * nbytes, width), dtype=np.float32)
+        padded[:mask_bits, :columns] = matrix
+    out = np.zeros((rows, width), dtype=np.float32)
+    status = library.supsup_matmat(
+        packed.ctypes.data,
+        rows,
+        nbytes,
+        padded.ctypes.data,
+        width,
+        out.ctypes.data,
+        threads or _threads(),
+    )
+    if status != 0:
+        raise RuntimeError(f"supsup_matmat refused {width} columns")
+    return out[:, :columns]
 
 
 def rmatvec(

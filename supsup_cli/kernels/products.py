@@ -11,7 +11,7 @@ from ..format.bits import packed_bytes
 from . import c_kernel as bitkernel
 
 PRODUCT_BLOCK_BITS: Final = 1 << 22  # unpacked elements per block: 4 Mi bits -> 16 MiB as float32
-# Up to this many columns the kernel's one-pass products beat one unpack + BLAS matmul.
+# Up to this many columns, one matvec per column; beyond, the kernel's table product (matmat).
 KERNEL_MAX_COLUMNS: Final = 4
 
 
@@ -46,6 +46,8 @@ def packed_matmul(packed: np.ndarray, matrix: np.ndarray, mask_bits: int) -> np.
     if library is not None and matrix.shape[1] <= KERNEL_MAX_COLUMNS:
         columns = [bitkernel.matvec(library, packed, column) for column in matrix.T]
         return np.stack(columns, axis=1) if columns else np.zeros((rows, 0), np.float32)
+    if library is not None:  # many columns (per-image gradients): the kernel's tables
+        return bitkernel.matmat(library, packed, matrix)
     out = np.zeros((rows, *matrix.shape[1:]), dtype=np.float32)
     block_rows, block_bytes = block_plan(rows, nbytes)
     for c0 in range(0, nbytes, block_bytes):

@@ -1,5 +1,6 @@
-"""Products of packed masks with tensors where the tensors live (the CUDA path): a fused Triton
-kernel for few columns on a GPU, else blocks unpacked on the device and multiplied."""
+"""Products of packed masks with tensors where the tensors live (the CUDA path): on a GPU with
+Triton, the fused vector kernel for few columns and the tensor-core kernel for more; otherwise
+(or when a kernel fails) blocks unpacked on the device and multiplied."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _torch_block_bits(packed: torch.Tensor) -> int:
     return GPU_PRODUCT_BLOCK_BITS if packed.is_cuda else PRODUCT_BLOCK_BITS
 
 
-_fused_failed = False  # set once the fused kernel raised in this process
+_failed: set[str] = set()  # the fused kernels that raised in this process (never tried again)
 
 
 @functools.cache
@@ -49,17 +50,19 @@ def fused_gpu_kernel() -> ModuleType | None:
 
 def packed_matmul_torch(packed: torch.Tensor, matrix: torch.Tensor, mask_bits: int) -> torch.Tensor:
     """packed_matmul on the tensors' device (the CUDA path): (k, B) x (D,) or (D, m). On a GPU
-    with Triton and few columns, one fused kernel; otherwise blocks unpacked and multiplied."""
-    global _fused_failed  # one GPU the kernel cannot run on: the unpack path from then on
+    with Triton: up to MAX_COLUMNS columns the fused vector kernel, beyond it the tensor-core
+    kernel (fp16 halves, fp32 sums: see triton_kernel); otherwise blocks unpacked and multiplied."""
     columns = 1 if matrix.ndim == 1 else matrix.shape[1]
-    fused = fused_gpu_kernel() if packed.is_cuda and not _fused_failed else None
-    if fused is not None and columns <= fused.MAX_COLUMNS:
-        try:
-            return fused.matmul(packed, matrix, mask_bits)
-        except Exception as error:  # Triton cannot build or run it here (an older GPU, say)
-            _fused_failed = True
-            message = f"the fused GPU kernel failed ({error}); products unpack masks instead"
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
+    fused = fused_gpu_kernel() if packed.is_cuda else None
+    if fused is not None:
+        name = "matmul" if columns <= fused.MAX_COLUMNS else "dot_matmul"
+        if name not in _failed:
+            try:
+                return getattr(fused, name)(packed, matrix, mask_bits)
+            except Exception as error:  # Triton cannot build or run it here (an older GPU, say)
+                _failed.add(name)  # one GPU the kernel cannot run on: unpack from then on
+                message = f"the fused GPU kernel failed ({error}); products unpack masks instead"
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
     rows, nbytes = packed.shape
     out = torch.zeros((rows, *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
     block_rows, block_bytes = block_plan(rows, nbytes, _torch_block_bits(packed))

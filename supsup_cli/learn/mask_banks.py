@@ -10,7 +10,7 @@ where the tensors are), or left in the store and read in blocks for every produc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,28 @@ def host_products(
         return torch.from_numpy(packed_matmul(packed, matrix.detach().numpy(), mask_bits))
     packed_t = torch.from_numpy(packed).to(device)
     return packed_matmul_torch(packed_t, matrix.detach(), mask_bits)
+
+
+def host_block_products(
+    packed: np.ndarray,
+    blocks: Iterable[tuple[int, torch.Tensor]],
+    columns: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """⟨Mᵢ, matrix⟩ for packed masks in host memory and a matrix in (start, rows) blocks of D:
+    each block times its slice of bytes, summed in block order (k, columns)."""
+    total = torch.zeros((packed.shape[0], columns), device=device)
+    for start, block in blocks:
+        first, last = _byte_span(start, len(block))
+        total += host_products(packed[:, first:last], block, device, len(block))
+    return total
+
+
+def _byte_span(start: int, rows: int) -> tuple[int, int]:
+    """The packed bytes of mask bits [start, start + rows); start must begin a byte."""
+    if start % 8:
+        raise ValueError(f"a block of the matrix must start at a multiple of 8, not {start}")
+    return start // 8, -(-(start + rows) // 8)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -81,6 +103,13 @@ class MaskBank(ABC):
     @abstractmethod
     def packed_row(self, row: int) -> np.ndarray:
         """One row's packed mask in host memory, (B,) uint8."""
+
+    @abstractmethod
+    def block_products(
+        self, blocks: Iterable[tuple[int, torch.Tensor]], columns: int
+    ) -> torch.Tensor:
+        """⟨Mᵢ, matrix⟩ for a (D, columns) matrix given as (start, rows) blocks in order (starts
+        at multiples of 8), each multiplied by its slice of the masks' bytes: (k, columns)."""
 
     # -- what every backing shares --------------------------------------------------------------
 
@@ -219,6 +248,11 @@ class HostMaskBank(MaskBank):
         block = self.packed if rows is None else self.packed[rows]
         return host_products(block, matrix, self.device, self.mask_bits)
 
+    def block_products(
+        self, blocks: Iterable[tuple[int, torch.Tensor]], columns: int
+    ) -> torch.Tensor:
+        return host_block_products(self.packed, blocks, columns, self.device)  # one block held
+
     def subset_sum(self, rows: np.ndarray) -> torch.Tensor:
         ones = np.ones(len(rows), dtype=np.float32)
         return torch.from_numpy(packed_rmatvec(self.packed[rows], ones, self.mask_bits))
@@ -247,6 +281,16 @@ class DeviceMaskBank(MaskBank):
             packed_t = packed_t[torch.as_tensor(rows, device=self.device)]
         return packed_matmul_torch(packed_t, matrix.detach(), self.mask_bits)
 
+    def block_products(
+        self, blocks: Iterable[tuple[int, torch.Tensor]], columns: int
+    ) -> torch.Tensor:
+        total = torch.zeros((self.task_count, columns), device=self.device)
+        for start, block in blocks:
+            first, last = _byte_span(start, len(block))
+            packed_t = self.packed_on_device[:, first:last]
+            total += packed_matmul_torch(packed_t, block.detach(), len(block))
+        return total
+
     def subset_sum(self, rows: np.ndarray) -> torch.Tensor:
         picked = self.packed_on_device[torch.as_tensor(rows, device=self.device)]
         ones = torch.ones(len(rows), device=self.device)
@@ -273,6 +317,16 @@ class StreamedMaskBank(MaskBank):
             for block in self._blocks(rows)
         ]
         return torch.cat(parts) if parts else torch.zeros((0, *matrix.shape[1:]))
+
+    def block_products(
+        self, blocks: Iterable[tuple[int, torch.Tensor]], columns: int
+    ) -> torch.Tensor:
+        blocks = list(blocks)  # every block of masks read needs the whole matrix
+        parts = [
+            host_block_products(packed, blocks, columns, self.device)
+            for packed in self._blocks(None)
+        ]
+        return torch.cat(parts) if parts else torch.zeros((0, columns))
 
     def subset_sum(self, rows: np.ndarray) -> torch.Tensor:
         total = torch.zeros(self.mask_bits)

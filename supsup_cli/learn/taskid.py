@@ -31,14 +31,14 @@ from .objectives import (
     checked_superfluous,
     get_objective,
     mask_gradient,
-    per_example_mask_gradients,
+    per_example_gradient_blocks,
 )
 from .train import predict
 
 MAX_QUERY_BATCH: Final = 65_536
 MAX_TRIALS: Final = 1_000_000
-# Images whose per-example gradients (chunk x D floats) are held at once.
-PER_IMAGE_CHUNK: Final = 64
+# Images answered by one pass over the masks (their gradients are built in blocks of D).
+PER_IMAGE_CHUNK: Final = 512
 
 
 # -- the one-shot score over packed masks, without a bank ------------------------------------
@@ -144,14 +144,15 @@ def one_shot_batch(query: Query) -> Decision:
 
 
 def one_shot_images(query: Query) -> list[Decision]:
-    """One-shot per image: the (n, D) per-example gradients times the packed masks, blocked."""
+    """One-shot per image: one forward and one backward give every image's mask gradient (outer
+    products, objectives.py), streamed block by block of D into one n-column product."""
     bank, mean = query.bank, query.bank.mean_mask()
     decisions = []
     for part in query.x.split(PER_IMAGE_CHUNK):
-        grads = per_example_mask_gradients(
+        blocks = per_example_gradient_blocks(
             bank.net, mean, part, query.objective, query.superfluous
-        )  # (c, D)
-        scores = bank.products(grads.T.contiguous())  # (k, c)
+        )
+        scores = bank.block_products(blocks, len(part))  # (k, c)
         decisions.extend(_decide(column) for column in scores.T)
     return decisions
 
