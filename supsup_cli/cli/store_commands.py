@@ -150,8 +150,14 @@ def train_task_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Learn one task's supermask on the fixed weights; append it to the store (made if absent)."""
-    from ..learn.train import TrainConfig, TrainingInterrupted, train_task
+    import torch
 
+    from ..learn.train import TrainConfig, TrainingInterrupted, train_task
+    from ..threads import training_threads
+
+    threads = training_threads(torch.get_num_threads())
+    if threads is not None:
+        torch.set_num_threads(threads)
     config = TrainConfig(
         lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
     )
