@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import ConfigError
-from ..learn.choices import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS, METHODS, OBJECTIVES
+from ..learn.choices import (
+    CONFIDENCE_TEMPERATURE,
+    DEFAULT_GAMMA,
+    DEFAULT_STARTS,
+    DEFAULT_STEPS,
+    METHODS,
+    OBJECTIVES,
+)
 from ..store import MaskStore
 from .app import (
     DataRootOpt,
@@ -35,7 +42,21 @@ def _choices(registry: dict[str, str]) -> str:
     return "; ".join(f"{name}: {text}" for name, text in registry.items())
 
 
-@command("infer")
+INFER_HELP = (
+    "Infer the task of unlabelled images or score task inference on labelled data specs.\n\n"
+    "Images give one JSON line per file: file, task, class, confidence, margin. The margin is "
+    "the runner-up task's score minus the winner's, in the objective's units (for one-shot and "
+    "binary the gradient of the objective with respect to the task's weight in the "
+    "superposition, for exhaustive the objective itself; null with one stored task).\n\n"
+    f"The confidence is softmax(-score / {CONFIDENCE_TEMPERATURE}) of the winner: the "
+    f"temperature {CONFIDENCE_TEMPERATURE} was fitted on "
+    "single images of PermutedMNIST with objective H (held-out mean confidence 0.89 for a "
+    "task-id accuracy of 0.91), so it is near 1 for clear answers and near 1/k for a toss-up "
+    "among k tasks; per batch it understates (a batch is easier than one image)."
+)
+
+
+@command("infer", help=INFER_HELP)
 def infer(
     store: StoreArg,
     source: Annotated[
@@ -112,17 +133,8 @@ def infer(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Infer the task of unlabelled images or score task inference on labelled data specs.
-
-    Images give one JSON line per file: file, task, class, confidence, margin. The margin is the
-    runner-up task's score minus the winner's, in the objective's units (for one-shot and binary
-    the gradient of the objective with respect to the task's weight in the superposition, for
-    exhaustive the objective itself; null with one stored task). The confidence is
-    softmax(-score / 0.13) of the winner: the temperature 0.13 was fitted on single images of
-    PermutedMNIST with objective H (held-out mean confidence 0.89 for an accuracy of 0.91), so it
-    is near 1 for clear answers and near 1/k for a toss-up among k tasks; per batch it
-    understates (batches are easier than single images).
-    """
+    """Infer the task of unlabelled images or score task inference on data specs (help:
+    INFER_HELP, which says what confidence and margin mean)."""
     from ..learn.choices import PER_MODES
     from ..learn.data import expand_specs
     from ..learn.inputs import ARRAY_SUFFIX, read_inputs

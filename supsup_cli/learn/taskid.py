@@ -21,8 +21,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..model.nets import PerTaskStats
 from ..store import MaskStore
+from .choices import CONFIDENCE_TEMPERATURE, PER_MODES
 from .choices import METHODS as METHOD_HELP
-from .choices import PER_MODES
 from .data import load_task
 from .mask_banks import MaskBank, host_products, mask_counts_of
 from .objectives import (
@@ -39,10 +39,6 @@ MAX_QUERY_BATCH: Final = 65_536
 MAX_TRIALS: Final = 1_000_000
 # Images whose per-example gradients (chunk x D floats) are held at once.
 PER_IMAGE_CHUNK: Final = 64
-# Confidence is softmax(-score / T): T fitted by temperature scaling (least log-loss of the true
-# task) on single images of a 4-task PermutedMNIST store made with the demo's settings, objective
-# H (one-shot 0.133, exhaustive 0.130); at T = 1 a right answer among 4 tasks read about 0.45.
-CONFIDENCE_TEMPERATURE: Final = 0.13
 
 
 # -- the one-shot score over packed masks, without a bank ------------------------------------
