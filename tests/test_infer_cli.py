@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,15 @@ def test_a_reader_that_leaves_early_stops_infer_quietly(permuted_store, tmp_path
     stderr = child.stderr.read()
     assert child.wait(timeout=300) == 141, stderr
     assert json.loads(first)["file"].endswith("many.npy[0]") and stderr == b""
+
+
+def test_a_batchnorm_store_answers_a_folder_per_batch_and_says_so(tmp_path) -> None:
+    """BatchNorm without a task needs a batch's statistics: per batch by default, with a note."""
+    fixture = Path(__file__).parent / "fixtures" / "previous-release" / "bn.zarr"
+    store = tmp_path / "bn.zarr"
+    shutil.copytree(fixture, store)
+    save_pngs(tmp_path / "shots", permuted_digits(1, 4), "d")
+    result = runner.invoke(app, ["infer", str(store), str(tmp_path / "shots")])
+    assert result.exit_code == 0, result.output
+    assert len({r["task"] for r in lines(result.stdout)}) == 1
+    assert "normalises by a batch's statistics" in result.stderr

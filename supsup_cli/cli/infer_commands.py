@@ -172,6 +172,13 @@ def infer(
         # normalise by a batch's statistics and cannot answer an image alone
         one_batch = data is not None or source.lower().endswith(ARRAY_SUFFIX)
         per = "batch" if one_batch or opened.net.stats_size else "image"
+        if not one_batch and per == "batch":
+            say(
+                f"{opened.net.arch} normalises by a batch's statistics: one task for each batch "
+                f"of {batch} images (a folder that mixes tasks needs one folder per task)",
+                quiet,
+                style="yellow",
+            )
     if data is not None:
         bank = MaskBank.from_store(opened, target, stream=bool(stream_masks))
         specs = expand_specs(data)
