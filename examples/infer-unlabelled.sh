@@ -59,17 +59,17 @@ print(f"  {len(rows)} images: task right {task_ok}/{len(rows)}, class right {cla
 ' "$STORE" "$WORK/answers.csv"
 }
 
-echo "one folder = one batch of one task (one-shot, batch mode):"
-supsup infer "$STORE" "$WORK/shots-4" | tee "$WORK/folder.jsonl" | head -3
+echo "one folder known to hold one task = one batch (one-shot, --per batch):"
+supsup infer "$STORE" "$WORK/shots-4" --per batch | tee "$WORK/folder.jsonl" | head -3
 score < "$WORK/folder.jsonl"
 
 echo "paths on stdin, three tasks mixed, a task for every image:"
-find "$WORK"/shots-* -name '*.png' | sort | supsup infer "$STORE" - --per image > "$WORK/stdin.jsonl"
+find "$WORK"/shots-* -name '*.png' | sort | supsup infer "$STORE" - > "$WORK/stdin.jsonl"
 score < "$WORK/stdin.jsonl"
 
 echo "the same with the binary method, in batches of 20 (each batch is one task's folder):"
 find "$WORK"/shots-* -name '*.png' | sort \
-  | supsup infer "$STORE" - --method binary --batch 20 > "$WORK/binary.jsonl"
+  | supsup infer "$STORE" - --method binary --batch 20 --per batch > "$WORK/binary.jsonl"
 score < "$WORK/binary.jsonl"
 
 echo "labelled check on the full test split of each task, 128 images per batch:"

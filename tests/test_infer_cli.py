@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def lines(output: str) -> list[dict]:
 
 def test_folder_gives_one_json_line_per_file(permuted_store, tmp_path) -> None:
     paths = save_pngs(tmp_path / "shots", permuted_digits(2, 12), "p2")
-    result = runner.invoke(app, ["infer", str(permuted_store), str(tmp_path / "shots")])
+    argv = ["infer", str(permuted_store), str(tmp_path / "shots"), "--per", "batch"]
+    result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     rows = lines(result.stdout)
     assert [r["file"] for r in rows] == [str(p) for p in paths]
@@ -47,6 +49,27 @@ def test_folder_gives_one_json_line_per_file(permuted_store, tmp_path) -> None:
     labels = embedded_source().test_labels[:12]
     assert np.mean([r["class"] == label for r, label in zip(rows, labels, strict=True)]) > 0.7
     assert all(0 < r["confidence"] <= 1 for r in rows)
+
+
+def test_a_mixed_folder_is_answered_image_by_image(permuted_store, tmp_path) -> None:
+    """A folder of 5 digits of one task and 5 of another: by default every image gets its own
+    task (one task for the folder would answer half of them wrong, confidently)."""
+    save_pngs(tmp_path / "mixed", permuted_digits(1, 5, start=40), "a")
+    save_pngs(tmp_path / "mixed", permuted_digits(3, 5, start=40), "b")
+    result = runner.invoke(app, ["infer", str(permuted_store), str(tmp_path / "mixed")])
+    assert result.exit_code == 0, result.output
+    rows = lines(result.stdout)
+    tasks = np.array([r["task"] for r in rows])
+    assert len(tasks) == 10 and np.mean(tasks == np.repeat([0, 2], 5)) >= 0.8
+    assert all(r["margin"] >= 0 and 1 / 3 <= r["confidence"] <= 1 for r in rows)
+    explicit = runner.invoke(
+        app, ["infer", str(permuted_store), str(tmp_path / "mixed")] + ["--per", "image"]
+    )
+    assert lines(explicit.stdout) == rows
+    batch = runner.invoke(
+        app, ["infer", str(permuted_store), str(tmp_path / "mixed")] + ["--per", "batch"]
+    )
+    assert len({r["task"] for r in lines(batch.stdout)}) == 1  # still there when asked for
 
 
 def test_paths_on_stdin_per_image(permuted_store, tmp_path) -> None:
@@ -145,7 +168,8 @@ def test_streamed_masks_give_the_same_answers(permuted_store, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("extra", "streamed"),
     [
-        ([], True),  # 6 images, one batch, one-shot: one pass over the masks
+        ([], False),  # a folder is answered per image: held
+        (["--per", "batch"], True),  # 6 images, one batch, one-shot: one pass over the masks
         (["--batch", "4"], False),  # two batches: read once, keep them
         (["--method", "binary"], False),
         (["--per", "image"], False),
@@ -195,3 +219,15 @@ def test_a_reader_that_leaves_early_stops_infer_quietly(permuted_store, tmp_path
     stderr = child.stderr.read()
     assert child.wait(timeout=300) == 141, stderr
     assert json.loads(first)["file"].endswith("many.npy[0]") and stderr == b""
+
+
+def test_a_batchnorm_store_answers_a_folder_per_batch_and_says_so(tmp_path) -> None:
+    """BatchNorm without a task needs a batch's statistics: per batch by default, with a note."""
+    fixture = Path(__file__).parent / "fixtures" / "previous-release" / "bn.zarr"
+    store = tmp_path / "bn.zarr"
+    shutil.copytree(fixture, store)
+    save_pngs(tmp_path / "shots", permuted_digits(1, 4), "d")
+    result = runner.invoke(app, ["infer", str(store), str(tmp_path / "shots")])
+    assert result.exit_code == 0, result.output
+    assert len({r["task"] for r in lines(result.stdout)}) == 1
+    assert "normalises by a batch's statistics" in result.stderr

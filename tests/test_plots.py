@@ -18,11 +18,14 @@ from supsup_cli.format.architectures import NetConfig
 from supsup_cli.learn.data import load_task
 from supsup_cli.learn.evaluation import EvalSettings, entropy_bytes_per_task, evaluate_store
 from supsup_cli.learn.plots import (
+    BYTES_KEY,
     bytes_series,
     distinct_labels,
+    draw_lines,
     load_report,
     plot_reports,
     taskid_confusion,
+    tasks_series,
 )
 from supsup_cli.store import MaskStore
 
@@ -141,7 +144,66 @@ def test_bytes_series_uses_measured_entropy(figures_input) -> None:
     packed, floor = bytes_series([report])
     assert packed.x == [3 * report["store"]["mask_bytes_per_task"]]
     assert floor.x == [pytest.approx(3 * report["store"]["entropy_bytes_per_task"])]
-    assert floor.annotations == ["d=0.5"]
+    assert floor.annotations == [""]  # one density: said in the legend, not at every point
+    assert floor.label == packed.label == "GG, task given, density 0.5"
+
+
+def drawn(series: list, **options: object) -> object:
+    """The axes the figures would be drawn on, to read back what a reader sees."""
+    from matplotlib.figure import Figure
+
+    return draw_lines(Figure().add_subplot(), series, **options)
+
+
+def test_one_checkpoint_is_drawn_on_a_range_of_whole_tasks(figures_input) -> None:
+    _, gg, _ = figures_input
+    axes = drawn(tasks_series([load_report(gg)]))
+    low, high = axes.get_xlim()
+    assert low < 1 and high > 3 and high - low >= 3  # from the first task to the three learned
+    ticks = [t for t in axes.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_coinciding_markers_stay_visible(figures_input) -> None:
+    _, gg, gnu = figures_input
+    axes = drawn(tasks_series([load_report(gnu), load_report(gg)]))
+    by_label = {line.get_label(): line for line in axes.get_lines()}
+    gnu_line, gg_line = (
+        by_label["GNu one-shot H, batch 128"],
+        by_label["GG, task given, density 0.5"],
+    )
+    assert gg_line.get_zorder() > gnu_line.get_zorder()  # the bound is drawn over GNu
+    assert gg_line.get_marker() != gnu_line.get_marker()
+    assert gg_line.get_markerfacecolor() == "none" == gnu_line.get_markerfacecolor()
+
+
+def test_bytes_legend_has_one_entry_per_kind_and_packed_on_top(figures_input) -> None:
+    _, gg, gnu = figures_input
+    reports = [load_report(gnu), load_report(gg)]
+    axes = drawn(bytes_series(reports), log_x=True, key=BYTES_KEY)
+    texts = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert texts == [
+        "GNu one-shot H, batch 128",
+        "GG, task given, density 0.5",
+        "bit-packed as stored",
+        "entropy floor (what a coder can reach)",
+    ]
+    packed = [line for line in axes.get_lines() if line.get_marker() == "x"]
+    floor = [line for line in axes.get_lines() if line.get_marker() != "x"]
+    assert len(packed) == len(floor) == 2
+    assert min(p.get_zorder() for p in packed) > max(f.get_zorder() for f in floor)
+    for p, f in zip(packed, floor, strict=True):
+        assert p.get_color() == f.get_color()  # one kind, one colour
+
+
+def test_density_labels_are_not_piled_up(figures_input, tmp_path: Path) -> None:
+    _, gg, _ = figures_input
+    sparse = random_mask_store(tmp_path / "sparse.zarr", ["split:3", "split:4"], density=0.1)
+    report = evaluate_store(sparse, None, EvalSettings(images=20)).to_dict()
+    twice = [load_report(gg), load_report(gg), report]  # two kinds at one point, one label
+    axes = drawn(bytes_series(twice))
+    shown = [(t.get_text(), t.xy) for t in axes.texts]
+    assert sorted(text for text, _ in shown) == ["d=0.1", "d=0.5"]
 
 
 def test_entropy_bytes_of_known_masks() -> None:

@@ -7,10 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from supsup_cli.cli import app
+from supsup_cli.learn.taskid import CONFIDENCE_TEMPERATURE
 from supsup_cli.store import MaskStore
 
 FIXTURES = Path(__file__).parent / "fixtures" / "previous-release"
@@ -50,8 +52,16 @@ def test_old_stores_infer_the_same_tasks_and_classes(old_store: tuple[str, Path]
     per = "batch" if name == "bn" else "image"  # BatchNorm without a task: batch statistics
     got = run_json("infer", str(path), digits, "--per", per, "--json")
     assert [(g["task"], g["class"]) for g in got] == [(e["task"], e["class"]) for e in expected]
-    assert [g["confidence"] for g in got] == pytest.approx(
-        [e["confidence"] for e in expected], abs=1e-4
+    # The recorded confidence was softmax(-score) over these stores' two tasks, the logistic of
+    # the margin: the same scores give the same margins, and today's confidence is the logistic
+    # of the margin over the temperature.
+    recorded = np.array([e["confidence"] for e in expected])
+    margins = np.array([g["margin"] for g in got])
+    np.testing.assert_allclose(margins, np.log(recorded / (1 - recorded)), atol=1e-3)
+    np.testing.assert_allclose(
+        [g["confidence"] for g in got],
+        1 / (1 + np.exp(-margins / CONFIDENCE_TEMPERATURE)),
+        atol=1e-5,
     )
 
 

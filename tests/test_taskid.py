@@ -95,12 +95,30 @@ def test_one_shot_equals_autograd_through_float_superposition(objective: str) ->
     torch.testing.assert_close(with_counts, got)
 
 
-def test_one_shot_confidence_is_softmax_of_minus_gradient(bank, trained) -> None:
+def test_one_shot_confidence_and_margin_come_from_the_gradient(bank, trained) -> None:
     x, _ = images("permuted:2", 64)
     grad = alpha_gradient(bank.net, trained.read_packed(), x, counts=trained.mask_counts())
     result = infer_task(bank, x)
     assert result.task == int(grad.argmin()) == 1
-    assert result.confidences[0] == pytest.approx(float(torch.softmax(-grad.double(), 0)[1]))
+    tempered = torch.softmax(-grad.double() / taskid.CONFIDENCE_TEMPERATURE, 0)
+    assert result.confidences[0] == pytest.approx(float(tempered[1]))
+    runner_up = float(grad.sort().values[1])
+    assert result.margins[0] == pytest.approx(runner_up - float(grad[1]), rel=1e-5)
+
+
+def test_confidence_of_single_images_matches_their_accuracy(bank) -> None:
+    """Calibrated: over single images of every stored task, the mean confidence is close to the
+    fraction answered right (softmax(-score) at temperature 1 read about 0.5 here)."""
+    x = torch.cat([images(f"permuted:{i}", 150, start=500)[0] for i in (1, 2, 3)])
+    truth = np.repeat([0, 1, 2], 150)
+    for method in ("one-shot", "exhaustive"):
+        result = infer_task(bank, x, method=method, per="image")
+        accuracy = float(np.mean(result.tasks == truth))
+        assert accuracy > 0.7, method
+        assert abs(float(result.confidences.mean()) - accuracy) < 0.1, method
+        right = result.tasks == truth
+        assert np.median(result.confidences[right]) > 0.9, method  # clear answers read near 1
+        assert np.all(result.margins >= 0)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 7, 64])

@@ -155,9 +155,15 @@ def train_task_command(
 
     Started by torchrun (WORLD_SIZE > 1), the ranks share each batch through DDP and rank 0
     alone writes the store and prints."""
+    import torch
+
     from ..learn.distributed import process_group, rank_from_env
     from ..learn.train import TrainConfig, TrainingInterrupted, train_task
+    from ..threads import training_threads
 
+    threads = training_threads(torch.get_num_threads())
+    if threads is not None:
+        torch.set_num_threads(threads)
     config = TrainConfig(
         lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
     )

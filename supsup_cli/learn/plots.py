@@ -40,6 +40,13 @@ class Series:
     style: str = "-"
     annotations: Sequence[str] = ()
     marker: str = "o"
+    colour: str | None = None  # series drawing one kind of result in two ways share a colour
+    in_legend: bool = True
+    layer: int = 2  # matplotlib zorder: higher draws on top where markers coincide
+
+
+# Distinct hollow shapes, drawn larger for earlier series: where points coincide, every one shows.
+MARKERS: Final = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -133,35 +140,92 @@ def line_figure(
     ylabel: str,
     log_x: bool = False,
     note: str = "",
+    key: Sequence[tuple[str, str, str]] = (),
 ) -> Path:
-    """Lines with markers, one per series; the building block of the curve figures."""
+    """Lines with markers, one per series; the building block of the curve figures. `key` adds
+    legend entries (marker, line style, text) in grey for what a marker or line style means."""
     figure = _new_figure()
-    axes = figure.add_subplot()
-    for one in series:
-        axes.plot(
-            one.x, one.y, linestyle=one.style, marker=one.marker, markersize=4, label=one.label
-        )
-        for x, y, text in zip(one.x, one.y, one.annotations, strict=False):
-            axes.annotate(
-                text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small"
-            )
-    if not log_x:
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    if log_x:
-        axes.set_xscale("log")
-    axes.margins(x=0.06, y=0.08)  # room for the point labels at the edges
+    axes = draw_lines(figure.add_subplot(), series, log_x=log_x, key=key)
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    axes.grid(True, alpha=0.3)
-    if series:
-        axes.legend(fontsize="small")
     if note:
         figure.text(0.01, 0.005, note, fontsize="x-small", color="0.35", va="bottom")
     return _save(figure, path)
 
 
+def draw_lines(
+    axes: Any,
+    series: Sequence[Series],
+    *,
+    log_x: bool = False,
+    key: Sequence[tuple[str, str, str]] = (),
+) -> Any:
+    """Draw the series on `axes` (returned): hollow markers that stay visible where points
+    coincide, each point label once, integer ticks on a linear x axis that always spans a range."""
+    from matplotlib.lines import Line2D
+
+    colours: dict[str, str] = {}
+    labelled: set[tuple[float, float, str]] = set()
+    for index, one in enumerate(series):
+        colour = colours.get(one.colour) if one.colour is not None else None
+        (line,) = axes.plot(
+            one.x,
+            one.y,
+            linestyle=one.style,
+            marker=one.marker,
+            markersize=5 + 2 * (len(series) - 1 - index) if one.marker in MARKERS else 6,
+            markerfacecolor="none" if one.marker in MARKERS else None,
+            color=colour,
+            zorder=one.layer,
+            label=one.label if one.in_legend else "_nolegend_",
+        )
+        if one.colour is not None:
+            colours.setdefault(one.colour, line.get_color())
+        for x, y, text in zip(one.x, one.y, one.annotations, strict=False):
+            if not text or (round(x, 6), round(y, 3), text) in labelled:
+                continue  # the same label at the same point, from another series, once
+            labelled.add((round(x, 6), round(y, 3), text))
+            axes.annotate(
+                text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize="x-small"
+            )
+    xs = [float(x) for one in series for x in one.x]
+    if log_x:
+        axes.set_xscale("log")
+        if xs and max(xs) < 3 * min(xs):  # a narrow range: pad it so ticks and labels are few
+            axes.set_xlim(min(xs) / 2, max(xs) * 2)
+    else:
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        if xs:  # from the first task, at least one unit wide: a lone point is not a range
+            low, high = min(1.0, min(xs)), max(xs)
+            pad = max(0.5, 0.06 * (high - low))
+            axes.set_xlim(low - pad, high + pad)
+    axes.margins(y=0.08)  # room for the point labels at the edges
+    axes.grid(True, alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    for marker, style, text in key:
+        handles.append(
+            Line2D([], [], color="0.4", marker=marker, linestyle=style, markerfacecolor="none")
+        )
+        labels.append(text)
+    if handles:
+        axes.legend(handles, labels, fontsize="small")
+    return axes
+
+
 def accuracy_vs_tasks(reports: Sequence[Mapping[str, Any]], path: Path, note: str = "") -> Path:
     """The paper's PermutedMNIST/RotatedMNIST curve: mean accuracy over the tasks learned so far,
     one line per report, with the task-given accuracy (GG) of the first report as a dashed line."""
+    return line_figure(
+        tasks_series(reports),
+        path,
+        title="Accuracy vs number of tasks learned",
+        xlabel="tasks learned",
+        ylabel="mean test accuracy over learned tasks (%)",
+        note=note,
+    )
+
+
+def tasks_series(reports: Sequence[Mapping[str, Any]]) -> list[Series]:
+    """One series per report (GG dashed and drawn on top), plus the GG bound of GNu reports."""
     labels = distinct_labels(reports)
     series = [
         Series(
@@ -169,8 +233,10 @@ def accuracy_vs_tasks(reports: Sequence[Mapping[str, Any]], path: Path, note: st
             [p["tasks_learned"] for p in r["curve"]],
             [100 * p["accuracy"] for p in r["curve"]],
             "--" if r["settings"]["scenario"] == "GG" else "-",
+            marker=MARKERS[index % len(MARKERS)],
+            layer=3 if r["settings"]["scenario"] == "GG" else 2,  # the bound stays in sight
         )
-        for r, label in zip(reports, labels, strict=True)
+        for index, (r, label) in enumerate(zip(reports, labels, strict=True))
     ]
     scenarios = {r["settings"]["scenario"] for r in reports}
     if scenarios == {"GNu"}:  # no GG report given: its accuracy, measured beside, is the bound
@@ -181,16 +247,11 @@ def accuracy_vs_tasks(reports: Sequence[Mapping[str, Any]], path: Path, note: st
                 [p["tasks_learned"] for p in first],
                 [100 * p["accuracy_gg"] for p in first],
                 "--",
+                marker=MARKERS[len(series) % len(MARKERS)],
+                layer=3,
             )
         )
-    return line_figure(
-        series,
-        path,
-        title="Accuracy vs number of tasks learned",
-        xlabel="tasks learned",
-        ylabel="mean test accuracy over learned tasks (%)",
-        note=note,
-    )
+    return series
 
 
 def accuracy_vs_bytes(series: Sequence[Series], path: Path, note: str = "") -> Path:
@@ -203,21 +264,31 @@ def accuracy_vs_bytes(series: Sequence[Series], path: Path, note: str = "") -> P
         ylabel="mean test accuracy (%)",
         log_x=True,
         note=note,
+        key=BYTES_KEY,
     )
+
+
+BYTES_KEY: Final = (
+    ("x", "none", "bit-packed as stored"),
+    ("o", "-", "entropy floor (what a coder can reach)"),
+)
 
 
 def bytes_series(reports: Sequence[Mapping[str, Any]]) -> list[Series]:
     """Accuracy at each checkpoint against the bytes of the k masks learned, twice per kind of
-    report: bit-packed as the store holds them, and at the entropy floor a coder reaches (which
-    is what falls with the density of top-k masks). Reports that differ only in density share a
-    line, each point marked with its density."""
+    report in one colour (one legend entry): bit-packed as the store holds them (crosses, drawn
+    on top), and at the entropy floor a coder reaches (what falls with the density of top-k
+    masks). Reports that differ only in density share a line, each point marked with its
+    density when the reports hold more than one."""
+    densities = {r["store"].get("density") for r in reports}
+    marked = len(densities) > 1
     groups: dict[str, list[tuple[float, float, float, str]]] = {}
     for r in reports:
         store = r["store"]
-        mark = "" if store.get("density") is None else f"d={store['density']:g}"
+        mark = "" if store.get("density") is None or not marked else f"d={store['density']:g}"
         for p in r["curve"]:
             k = p["tasks_learned"]
-            groups.setdefault(report_label(r, with_density=False), []).append(
+            groups.setdefault(report_label(r, with_density=not marked), []).append(
                 (
                     k * store["mask_bytes_per_task"],
                     k * store["entropy_bytes_per_task"],
@@ -226,26 +297,31 @@ def bytes_series(reports: Sequence[Mapping[str, Any]]) -> list[Series]:
                 )
             )
     series = []
-    for label, points in groups.items():
+    for index, (label, points) in enumerate(groups.items()):
         packed = sorted(points, key=lambda point: point[0])
         floor = sorted(points, key=lambda point: point[1])
         # Bit-packed bytes do not fall with density: markers only, or a sweep draws a wall.
         series.append(
             Series(
-                f"{label}, bit-packed as stored",
+                label,
                 [point[0] for point in packed],
                 [point[2] for point in packed],
                 "none",
                 marker="x",
+                colour=label,
+                in_legend=False,
+                layer=3,
             )
         )
         series.append(
             Series(
-                f"{label}, entropy floor (what a coder can reach)",
+                label,
                 [point[1] for point in floor],
                 [point[2] for point in floor],
                 "-",
                 [point[3] for point in floor],
+                marker=MARKERS[index % len(MARKERS)],
+                colour=label,
             )
         )
     return series

@@ -21,8 +21,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..model.nets import PerTaskStats
 from ..store import MaskStore
+from .choices import CONFIDENCE_TEMPERATURE, PER_MODES
 from .choices import METHODS as METHOD_HELP
-from .choices import PER_MODES
 from .data import load_task
 from .mask_banks import MaskBank, host_products, mask_counts_of
 from .objectives import (
@@ -84,10 +84,12 @@ def alpha_gradient(
 @dataclass(frozen=True)
 class Decision:
     """The bank row chosen for a batch or an image (the store's task index unless masks were
-    dropped; see MaskBank.task_id) and its confidence (softmax of -score)."""
+    dropped; see MaskBank.task_id), its confidence (softmax of -score / T, CONFIDENCE_TEMPERATURE)
+    and its margin: the runner-up's score minus the winner's (None with one candidate)."""
 
     task: int
     confidence: float
+    margin: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,17 @@ def get_method(name: str) -> Method:
 
 
 def _decide(scores: torch.Tensor, tasks: np.ndarray | None = None) -> Decision:
-    """Lowest score wins; confidence is its softmax(-scores) probability."""
-    probabilities = torch.softmax(-scores.double().cpu(), dim=0)  # (r,)
-    best = int(torch.argmin(scores.cpu()))
+    """Lowest score wins; confidence is its softmax(-scores / T) probability, margin the gap to
+    the runner-up in the objective's own units."""
+    scores = scores.double().cpu()
+    probabilities = torch.softmax(-scores / CONFIDENCE_TEMPERATURE, dim=0)  # (r,)
+    best = int(torch.argmin(scores))
     task = best if tasks is None else int(tasks[best])
-    return Decision(task, float(probabilities[best]))
+    margin = None
+    if len(scores) > 1:
+        lowest_two = torch.topk(scores, 2, largest=False).values
+        margin = float(lowest_two[1] - lowest_two[0])
+    return Decision(task, float(probabilities[best]), margin)
 
 
 def one_shot_batch(query: Query) -> Decision:
@@ -172,7 +180,7 @@ def binary_batch(query: Query) -> Decision:
         order = np.argsort(scores.cpu().numpy(), kind="stable")
         alive = np.sort(alive[order[: (len(alive) + 1) // 2]])
     # The last step compares two candidates and keeps the one _decide picked.
-    return Decision(int(alive[0]), decision.confidence)
+    return Decision(int(alive[0]), decision.confidence, decision.margin)
 
 
 def exhaustive_values(query: Query) -> torch.Tensor:
@@ -226,8 +234,9 @@ register_method(
 
 @dataclass(frozen=True)
 class Inference:
-    """Per image: the inferred task, its confidence and the class predicted with that task's mask
-    (argmax over the task's classes). In batch mode every image carries the batch's task."""
+    """Per image: the inferred task, its confidence, its margin (NaN with one stored task) and the
+    class predicted with that task's mask (argmax over the task's classes). In batch mode every
+    image carries the batch's task."""
 
     method: str
     objective: str
@@ -235,6 +244,7 @@ class Inference:
     tasks: np.ndarray  # (n,) int64
     confidences: np.ndarray  # (n,) float64
     predictions: np.ndarray  # (n,) int64
+    margins: np.ndarray | None = None  # (n,) float64
 
     @property
     def task(self) -> int:
@@ -282,9 +292,10 @@ def infer_task(
         ]
     rows = np.array([d.task for d in decisions], dtype=np.int64)
     confidences = np.array([d.confidence for d in decisions], dtype=np.float64)
+    margins = np.array([np.nan if d.margin is None else d.margin for d in decisions])
     predictions = classify(bank, x, rows).numpy()
     tasks = np.array([bank.task_id(int(r)) for r in rows], dtype=np.int64)
-    return Inference(method, objective, per, tasks, confidences, predictions)
+    return Inference(method, objective, per, tasks, confidences, predictions, margins)
 
 
 def classify(bank: MaskBank, x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
