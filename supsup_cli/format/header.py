@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError, StoreError
 from . import codecs as pack
-from .architectures import NetConfig
+from .architectures import DIGITS_SHAPE, NetConfig
 from .bits import packed_bytes
 from .generator import GENERATOR_NAME
 from .schema import block_problem, header_problem, is_int, record_problem
@@ -222,6 +222,7 @@ class StoreHeader:
                 outputs=network["outputs"],
                 seed=attrs["generator"]["seed"],
                 inputs=network["inputs"],
+                input_shape=tuple(network.get("input_shape", DIGITS_SHAPE)),
             )
         except ConfigError as error:
             raise StoreError(f"invalid store attributes: {error}") from error

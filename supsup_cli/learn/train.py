@@ -38,7 +38,8 @@ SCORES_TAG: Final = 0x53434F52  # "SCOR": keeps score-init seeds apart from othe
 MAX_BATCHES: Final = 10_000_000
 MAX_BATCH_SIZE: Final = 65_536
 SGD_MOMENTUM: Final = 0.9
-OPTIMIZERS: Final = ("rmsprop", "sgd")
+OPTIMIZERS: Final = ("rmsprop", "sgd", "adam")
+SCHEDULES: Final = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class TrainConfig:
     transfer: bool = False
     init_seed: int = 0
     optimizer: str = "rmsprop"
+    epochs: int | None = None  # passes over the training split; replaces `batches` when given
+    schedule: str = "constant"  # learning rate: constant, or cosine decay to 0 over the steps
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -59,6 +62,10 @@ class TrainConfig:
             raise ConfigError(f"batch size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
         if not 1 <= self.batches <= MAX_BATCHES:
             raise ConfigError(f"batches must be in [1, {MAX_BATCHES}], got {self.batches}")
+        if self.epochs is not None and not 1 <= self.epochs <= MAX_BATCHES:
+            raise ConfigError(f"epochs must be in [1, {MAX_BATCHES}], got {self.epochs}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
@@ -66,6 +73,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def steps(self, examples: int) -> int:
+        """Training steps: `batches`, or `epochs` passes of whole batches over `examples`."""
+        if self.epochs is None:
+            return self.batches
+        return self.epochs * max(1, examples // min(self.batch_size, examples))
+
+
+def make_optimizer(
+    params: Sequence[nn.Parameter], config: TrainConfig, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer of the scores (SGD with momentum, Adam, or RMSprop) and its schedule."""
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=SGD_MOMENTUM
+        )
+    elif config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+    else:
+        optimizer = torch.optim.RMSprop(params, lr=config.lr)
+    if config.schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    return optimizer, None
 
 
 @dataclass(frozen=True)
@@ -108,11 +138,9 @@ def train_mask(
     """
     started = time.perf_counter()
     masks = ScoreMasks(scores, rule, density).to(device)
-    optimizer = (
-        torch.optim.SGD(masks.parameters(), lr=config.lr, momentum=SGD_MOMENTUM)
-        if config.optimizer == "sgd"
-        else torch.optim.RMSprop(masks.parameters(), lr=config.lr)
-    )
+    steps = config.steps(len(data.train_x))
+    per_epoch = max(1, len(data.train_x) // min(config.batch_size, len(data.train_x)))
+    optimizer, schedule = make_optimizer(list(masks.parameters()), config, steps)
     per_task = isinstance(net, PerTaskStats)
     if per_task:
         net.reset_task_stats()
@@ -120,18 +148,31 @@ def train_mask(
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     generator = torch.Generator().manual_seed(config.init_seed)
     order, cursor, loss_value = torch.randperm(len(train_x), generator=generator), 0, float("nan")
-    for step in range(config.batches):
+    tally = torch.zeros(3)  # this epoch's summed loss, correct predictions, examples
+    for step in range(steps):
         if cursor + config.batch_size > len(order):  # new epoch: reshuffle
             order, cursor = torch.randperm(len(train_x), generator=generator), 0
         index = order[cursor : cursor + config.batch_size].to(device)
         cursor += config.batch_size
-        loss = F.cross_entropy(net(train_x[index], masks()), train_y[index])
+        logits = net(train_x[index], masks())
+        loss = F.cross_entropy(logits, train_y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         if progress is not None:
             loss_value = loss.item()
-            progress(step + 1, config.batches, f"loss {loss_value:.3f}")
+            correct = (logits.argmax(1) == train_y[index]).sum().item()
+            tally += torch.tensor([loss_value * len(index), correct, len(index)])
+            status = f"loss {loss_value:.3f}"
+            if config.epochs is not None:
+                mean_loss, accuracy = tally[0] / tally[2], tally[1] / tally[2]
+                epoch = step // per_epoch + 1
+                status = f"epoch {epoch}: loss {mean_loss:.3f}, train accuracy {accuracy:.1%}"
+                if (step + 1) % per_epoch == 0:
+                    tally.zero_()
+            progress(step + 1, steps, status)
     if progress is None:
         loss_value = loss.item()
     net.eval()
@@ -157,7 +198,7 @@ def predict(
     device: torch.device | str = "cpu",
     chunk: int = 2048,
 ) -> torch.Tensor:
-    """Predicted class of each row of x (n, 784), argmax restricted to the task's classes."""
+    """Predicted class of each row of x (n, inputs), argmax restricted to the task's classes."""
     allowed = torch.as_tensor(list(classes), device=device)
     predictions = [
         allowed[net(part.to(device), masks)[:, allowed].argmax(dim=1)].cpu()
