@@ -46,7 +46,8 @@ ArchOpt = Annotated[
         "--arch",
         help="Network, for a new store: lenet-300-100 (default), fc-1024-1024, or bn-2048-2048 "
         "(masks on BatchNorm channels, for hopfield-encode; use --mask-rule sign --optimizer sgd "
-        "--lr 0.1).",
+        "--lr 0.1); convolutional, with per-task BatchNorm: conv4 (1x28x28), resnet18-gem "
+        "(3x32x32), resnet18 and resnet50 (3x224x224).",
     ),
 ]
 OutputsOpt = Annotated[
@@ -114,7 +115,11 @@ def train_task_command(
     store: StoreArg,
     data: Annotated[
         str,
-        typer.Option("--data", help="Data spec of the task: permuted:N, rotated:DEG or split:I."),
+        typer.Option(
+            "--data",
+            help="Data spec of the task: permuted:N, rotated:DEG, split:I, splitcifar100:I, "
+            "splitimagenet:I or folder:PATH.",
+        ),
     ],
     arch: ArchOpt = None,
     outputs: OutputsOpt = None,
@@ -125,9 +130,18 @@ def train_task_command(
     optimizer: Annotated[
         str,
         typer.Option(
-            "--optimizer", help="rmsprop (default) or sgd (momentum 0.9, for bn-2048-2048)."
+            "--optimizer",
+            help="rmsprop (default), sgd (momentum 0.9, for bn-2048-2048) or adam "
+            "(the reference's conv setting: --lr 1e-3 --batch-size 128).",
         ),
     ] = "rmsprop",
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="Learning rate: constant (default) or cosine.")
+    ] = "constant",
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Passes over the training split (replaces --batches)."),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Images per training batch.")
     ] = 128,
@@ -153,7 +167,13 @@ def train_task_command(
     from ..learn.train import TrainConfig, TrainingInterrupted, train_task
 
     config = TrainConfig(
-        lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
+        lr=lr,
+        batch_size=batch_size,
+        batches=batches,
+        transfer=transfer,
+        optimizer=optimizer,
+        epochs=epochs,
+        schedule=schedule,
     )
     try:
         with progress_bar(f"training {data}", batches, quiet) as advance:
@@ -295,6 +315,7 @@ def info(
         "density": header.density,
         "mask_bits": header.mask_bits,
         "mask_bytes_per_task": header.mask_bytes,
+        "stats_bytes_per_task": 4 * opened.net.stats_size,
         "rows_per_chunk": header.row_chunk,
         "task_count": header.task_count,
         "stored_bytes": opened.stored_bytes(),
@@ -311,9 +332,16 @@ def info(
         f"{summary['stored_bytes']:,} bytes on disk, {header.row_chunk} row(s) per chunk"
     )
     out.print(
-        f"network {net.arch}, {net.outputs} outputs, seed {net.seed}; rule {header.mask_rule}"
+        f"network {net.arch} ({'x'.join(map(str, net.shape))} inputs), {net.outputs} outputs, "
+        f"seed {net.seed}; rule {header.mask_rule}"
         + (f", density {header.density}" if header.density is not None else "")
         + f"; {header.mask_bits:,} mask bits = {header.mask_bytes:,} bytes per task"
+        + (
+            f" + {4 * net.stats_size:,} bytes of BatchNorm statistics = "
+            f"{header.mask_bytes + 4 * net.stats_size:,}"
+            if net.stats_size
+            else ""
+        )
     )
     if summary["hopfield"] is not None:
         out.print(hopfield_line(summary["hopfield"]), markup=False)

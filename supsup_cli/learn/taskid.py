@@ -352,7 +352,7 @@ def score_specs(
         raise ConfigError(f"batch must be in [1, {MAX_QUERY_BATCH}], got {batch}")
     if not 0 <= trials <= MAX_TRIALS:
         raise ConfigError(f"trials must be in [0, {MAX_TRIALS}], got {trials}")
-    tasks = [load_task(spec, data_root) for spec in specs]
+    tasks = [load_task(spec, data_root, bank.config.shape) for spec in specs]
     plans = [_batches(len(t.test_y), batch, trials, seed + i) for i, t in enumerate(tasks)]
     total, done = sum(len(p) for p in plans), 0
     scores = []

@@ -30,6 +30,7 @@ from .data import (
     merge_parents,
     source_specs,
 )
+from .image_data import augment
 
 DEFAULT_ARCH: Final = "lenet-300-100"
 DEFAULT_OUTPUTS: Final = 10
@@ -154,7 +155,10 @@ def train_mask(
             order, cursor = torch.randperm(len(train_x), generator=generator), 0
         index = order[cursor : cursor + config.batch_size].to(device)
         cursor += config.batch_size
-        logits = net(train_x[index], masks())
+        batch = train_x[index]
+        if data.augment:
+            batch = augment(batch, data.shape, generator).to(device)
+        logits = net(batch, masks())
         loss = F.cross_entropy(logits, train_y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -305,7 +309,7 @@ def train_task(
         MaskStore.check_creatable(store_path)
         net_config, rule, density = options.new_store_settings()
         first_index, transfer_mean = 0, None
-    data = load_task(spec, data_root)
+    data = load_task(spec, data_root, net_config.shape)
     check_classes(data.classes, net_config)
     config = replace(config, init_seed=score_init_seed(net_config.seed, first_index))
     net = build_net(net_config, device)
@@ -323,7 +327,8 @@ def train_task(
         data=data.spec,
         classes=data.classes,
         accuracy=result.accuracy,
-        train=config.to_dict(),
+        train=config.to_dict()
+        | ({"class_names": list(data.class_names)} if data.class_names else {}),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         seconds=round(result.seconds, 3),
         task_stats=None if result.task_stats is None else result.task_stats.numpy(),
@@ -390,7 +395,7 @@ def evaluate_task(
     wanted = spec or record.data
     merged = wanted == record.data and merge_parents(wanted) is not None
     sources = source_specs([r.data for r in store.tasks()], index) if merged else (wanted,)
-    data = load_eval_data(sources, data_root)
+    data = load_eval_data(sources, data_root, store.net.shape)
     net = build_net(store.net, device)
     if isinstance(net, PerTaskStats):
         net.load_task_stats(store.read_task_stats(index))
