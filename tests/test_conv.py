@@ -6,6 +6,7 @@ header (older stores read as 1x28x28)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from torch import nn
 
 from supsup_cli.errors import ConfigError, StoreError
 from supsup_cli.format.architectures import NetConfig
-from supsup_cli.format.convnets import Conv, er_densities
+from supsup_cli.format.convnets import Conv
 from supsup_cli.format.generator import signed_constant
 from supsup_cli.format.header import StoreHeader
+from supsup_cli.format.rules import er_densities
 from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 from supsup_cli.model.convnets import masked_conv
 from supsup_cli.model.nets import PerTaskStats, build_net
@@ -104,7 +106,7 @@ def test_a_committed_tasks_mask_and_statistics_never_change(tmp_path: Path) -> N
 def test_the_erdos_renyi_budget_gives_the_formulas_densities() -> None:
     shapes = [(16, 3, 3, 3), (32, 16, 3, 3), (10, 512), (4, 2, 1, 1)]
     scale = 2.0
-    densities = er_densities(shapes, scale)
+    densities = er_densities(shapes, scale, 0.5)
     for shape, density in zip(shapes, densities, strict=True):
         c_out, c_in = shape[0], shape[1]
         kh, kw = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
@@ -147,3 +149,28 @@ def test_bytes_per_task_of_the_residual_nets() -> None:
     r50 = NetConfig("resnet50", outputs=1000)
     assert r50.stats_size == 53_120
     assert r50.mask_bits == 23_475_392 - 10 * 2048 + 1000 * 2048
+
+
+def test_an_er_store_records_its_scale_and_trains_to_the_budget(tmp_path: Path) -> None:
+    store_path = tmp_path / "er.zarr"
+    config = TrainConfig(lr=0.1, batch_size=32, batches=2, optimizer="sgd")
+    train_task(store_path, "split:0", CreationOptions(arch="conv4", er_scale=3.0), config)
+    store = MaskStore.open(store_path)
+    assert store.header.er_scale == 3.0 and store.header.to_attrs()["mask"]["er_scale"] == 3.0
+    shapes = store.net.mask_shapes
+    bits = store.read_mask(0)
+    offsets = np.cumsum([0] + [math.prod(s) for s in shapes])
+    for site, density in enumerate(er_densities(shapes, 3.0, 0.5)):
+        kept = int(bits[offsets[site] : offsets[site + 1]].sum())
+        assert kept == max(1, round(density * math.prod(shapes[site])))
+    with pytest.raises(ConfigError, match="topk rule only"):
+        CreationOptions(arch="conv4", mask_rule="sign", er_scale=1.0).new_store_settings()
+
+
+def test_transfer_starts_a_conv_task_from_the_mean_scores(tmp_path: Path) -> None:
+    store_path = tmp_path / "transfer.zarr"
+    config = TrainConfig(lr=0.1, batch_size=32, batches=2, optimizer="sgd")
+    train_task(store_path, "split:0", CreationOptions(arch="conv4"), config)
+    outcome = train_task(store_path, "split:1", CreationOptions(), replace(config, transfer=True))
+    assert outcome.record.train["transfer"] is True and outcome.record.index == 1
+    assert outcome.record.accuracy is not None and outcome.record.accuracy > 0.6

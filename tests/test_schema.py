@@ -135,6 +135,7 @@ def test_the_schema_applies_its_limits_and_the_code_registries() -> None:
         assert RECORD["properties"][key]["maxLength"] == limits["MAX_RECORD_TEXT"]
     assert props["mask"]["properties"]["rule"]["enum"] == list(rules.MASK_RULES)
     assert RECORD["properties"]["rule"]["enum"] == list(rules.MASK_RULES)
+    assert props["mask"]["properties"]["er_scale"]["maximum"] == rules.MAX_ER_SCALE
     assert props["packed"]["properties"]["codec"]["enum"] == list(codecs.CODECS)
     assert props["hopfield"]["properties"]["rule"]["const"] == header.HOPFIELD_RULE
     assert set(props["slots"]["properties"]) == set(header.SLOT_ARRAYS)

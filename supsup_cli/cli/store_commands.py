@@ -80,11 +80,26 @@ DensityOpt = Annotated[
 ]
 
 
-def _creation(arch, outputs, seed, mask_rule, density) -> CreationOptions:
+ErScaleOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--er-scale",
+        help="Erdos-Renyi budget for a new topk store: site l keeps min(density, s*(c_out + "
+        "c_in)/(c_out*c_in*kh*kw)) of its weights (the reference's conv setting, density 0.5).",
+    ),
+]
+
+
+def _creation(arch, outputs, seed, mask_rule, density, er_scale=None) -> CreationOptions:
     from ..learn.train import CreationOptions
 
     return CreationOptions(
-        arch=arch, outputs=outputs, seed=seed, mask_rule=mask_rule, density=density
+        arch=arch,
+        outputs=outputs,
+        seed=seed,
+        mask_rule=mask_rule,
+        density=density,
+        er_scale=er_scale,
     )
 
 
@@ -96,11 +111,13 @@ def init(
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
+    er_scale: ErScaleOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create an empty store (train-task also creates one when the path is new)."""
-    net, rule, kept = _creation(arch, outputs, seed, mask_rule, density).new_store_settings()
-    created = MaskStore.create(store, net, rule, kept)
+    options = _creation(arch, outputs, seed, mask_rule, density, er_scale)
+    net, rule, kept = options.new_store_settings()
+    created = MaskStore.create(store, net, rule, kept, er_scale)
     if json_out:
         emit_json({"store": str(store), **created.header.to_attrs()})
     else:
@@ -126,6 +143,7 @@ def train_task_command(
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
+    er_scale: ErScaleOpt = None,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate on the scores.")] = 1e-4,
     optimizer: Annotated[
         str,
@@ -180,7 +198,7 @@ def train_task_command(
             outcome = train_task(
                 store,
                 data,
-                _creation(arch, outputs, seed, mask_rule, density),
+                _creation(arch, outputs, seed, mask_rule, density, er_scale),
                 config,
                 data_root,
                 resolve_device(device),

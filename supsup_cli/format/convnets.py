@@ -5,14 +5,12 @@ modules from these plans, so the shapes a store records and the modules that run
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Final
 
 BASIC: Final = "basic"
 BOTTLENECK: Final = "bottleneck"
 EXPANSION: Final = {BASIC: 1, BOTTLENECK: 4}
-DENSITY_CAP: Final = 0.5  # the Erdos-Renyi budget never keeps more than half of a layer
 
 
 @dataclass(frozen=True)
@@ -130,9 +128,3 @@ def resnet_plan(
     return ConvPlan(
         stem_convs, imagenet, tuple(plan), frozenset(), head_pool, ((outputs, features),)
     )
-
-
-def er_densities(shapes: list[tuple[int, ...]], scale: float) -> list[float]:
-    """Erdos-Renyi density of each site: min(0.5, s * (c_out + c_in) / (c_out * c_in * kh * kw)),
-    where a linear (out, in) layer counts as a 1x1 convolution."""
-    return [min(DENSITY_CAP, scale * (s[0] + s[1]) / math.prod(s)) for s in shapes]

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import ConfigError, StoreMismatchError
 from ..format.architectures import NetConfig
 from ..format.header import TaskRecord
-from ..format.rules import check_rule
+from ..format.rules import check_er_scale, check_rule, site_densities
 from ..model.nets import PerTaskStats, build_net
 from ..model.supermask import ScoreMasks, bits_to_masks, kaiming_uniform_scores, split_flat
 from ..progress import Progress
@@ -131,14 +131,16 @@ def train_mask(
     scores: Sequence[torch.Tensor],
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    densities: Sequence[float | None] | None = None,
 ) -> TrainResult:
     """Edge-popup: RMSprop or SGD on the scores, cross-entropy through the straight-through mask.
 
     Nets with per-task statistics (BatchNorm) start them afresh, train on batch statistics, and
     return the running statistics with the mask; the net is left in eval mode either way.
+    `densities`: one top-k density per mask site (an Erdos-Renyi budget) instead of `density`.
     """
     started = time.perf_counter()
-    masks = ScoreMasks(scores, rule, density).to(device)
+    masks = ScoreMasks(scores, rule, density, densities).to(device)
     steps = config.steps(len(data.train_x))
     per_epoch = max(1, len(data.train_x) // min(config.batch_size, len(data.train_x)))
     optimizer, schedule = make_optimizer(list(masks.parameters()), config, steps)
@@ -234,6 +236,7 @@ class CreationOptions:
     seed: int | None = None
     mask_rule: str | None = None
     density: float | None = None
+    er_scale: float | None = None  # topk: an Erdos-Renyi budget instead of a uniform density
 
     def new_store_settings(self) -> tuple[NetConfig, str, float | None]:
         """The network, mask rule and density of a store made with these options."""
@@ -244,6 +247,7 @@ class CreationOptions:
             (DEFAULT_DENSITY if self.density is None else self.density) if rule == "topk" else None
         )
         check_rule(rule, density)
+        check_er_scale(rule, self.er_scale)
         net = NetConfig(
             DEFAULT_ARCH if self.arch is None else self.arch,
             DEFAULT_OUTPUTS if self.outputs is None else self.outputs,
@@ -304,10 +308,12 @@ def train_task(
         if not again:
             check_new_spec(store, spec)
         net_config, rule, density = store.net, store.header.mask_rule, store.header.density
+        er_scale = store.header.er_scale
         first_index, transfer_mean = store.task_count, store.score_mean()
     else:
         MaskStore.check_creatable(store_path)
         net_config, rule, density = options.new_store_settings()
+        er_scale = options.er_scale
         first_index, transfer_mean = 0, None
     data = load_task(spec, data_root, net_config.shape)
     check_classes(data.classes, net_config)
@@ -317,10 +323,11 @@ def train_task(
         net_config.mask_shapes, config.init_seed, transfer_mean if config.transfer else None
     )
     try:
-        result = train_mask(net, data, rule, density, config, scores, device, progress)
+        densities = site_densities(net_config.mask_shapes, density, er_scale)
+        result = train_mask(net, data, rule, density, config, scores, device, progress, densities)
     except KeyboardInterrupt as interrupt:
         raise TrainingInterrupted(data.spec, store_existed=existed) from interrupt
-    store, created = MaskStore.open_or_create(store_path, net_config, rule, density)
+    store, created = MaskStore.open_or_create(store_path, net_config, rule, density, er_scale)
     record = store.append_task(
         result.mask_bits,
         result.flat_scores.numpy(),

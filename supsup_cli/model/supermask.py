@@ -81,7 +81,7 @@ class ScoreMasks(nn.Module):
         scores: Sequence[torch.Tensor],
         rule: str,
         density: float | None,
-        site_densities: Sequence[float] | None = None,
+        site_densities: Sequence[float | None] | None = None,
     ) -> None:
         """`site_densities`: one top-k density per site (e.g. an Erdos-Renyi budget) instead of
         the same `density` for every site."""
