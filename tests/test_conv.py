@@ -6,6 +6,7 @@ header (older stores read as 1x28x28)."""
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -174,3 +175,30 @@ def test_transfer_starts_a_conv_task_from_the_mean_scores(tmp_path: Path) -> Non
     outcome = train_task(store_path, "split:1", CreationOptions(), replace(config, transfer=True))
     assert outcome.record.train["transfer"] is True and outcome.record.index == 1
     assert outcome.record.accuracy is not None and outcome.record.accuracy > 0.6
+
+
+def test_an_old_784_input_store_reads_trains_and_infers(tmp_path: Path) -> None:
+    """A previous release's store (no input_shape: 1x28x28) takes a new task and infers PNGs."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from supsup_cli.cli import app
+
+    old = Path(__file__).parent / "fixtures" / "previous-release" / "lenet.zarr"
+    path = tmp_path / "lenet.zarr"
+    shutil.copytree(old, path)
+    before = MaskStore.open(path)
+    assert "input_shape" not in before.header.to_attrs()["network"]
+    assert before.net.shape == (1, 28, 28) and before.net.inputs == 784
+    runner = CliRunner()
+    spec = "split:4" if "split:4" not in {r.data for r in before.tasks()} else "rotated:17"
+    trained = runner.invoke(app, ["train-task", str(path), "--data", spec, "--batches", "3"])
+    assert trained.exit_code == 0, trained.output
+    after = MaskStore.open(path)
+    assert after.task_count == before.task_count + 1
+    assert after.read_mask(0).tobytes() == before.read_mask(0).tobytes()
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").save(tmp_path / "photo.png")
+    inferred = runner.invoke(app, ["infer", str(path), str(tmp_path / "photo.png")])
+    assert inferred.exit_code == 0, inferred.output
+    assert '"task": ' in inferred.stdout
