@@ -151,3 +151,17 @@ def test_a_conv_store_trains_on_a_folder_and_infers_rgb_images(tmp_path: Path) -
     assert inferred.exit_code == 0, inferred.output
     assert inferred.stdout.count('"task": 0') == 10
     assert "own statistics" in inferred.stderr
+
+
+def test_a_seeded_class_order_splits_cifar_differently(tmp_path: Path) -> None:
+    write_cifar_binary(tmp_path, per_class=1, seed=2)
+    seeded = load_task("splitcifar100:0@seed:3", tmp_path, (3, 32, 32))
+    order = np.random.RandomState(3).permutation(100)[:5]
+    assert seeded.classes == tuple(sorted(order.tolist())) != tuple(range(5))
+    assert sorted(seeded.train_y.tolist()) == sorted(order.tolist())
+    store = tmp_path / "c.zarr"
+    args = ["train-task", str(store), "--data", "splitcifar100:1", "--class-order", "seed:3"]
+    args += ["--data-root", str(tmp_path), "--arch", "resnet18-gem", "--outputs", "100"]
+    trained = runner.invoke(app, [*args, "--batches", "1", "--batch-size", "4", "--json"])
+    assert trained.exit_code == 0, trained.output
+    assert '"data": "splitcifar100:1@seed:3"' in trained.stdout

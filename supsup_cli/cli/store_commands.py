@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from ..errors import StoreError, StoreNotFoundError
+from ..errors import ConfigError, StoreError, StoreNotFoundError
 from ..format.rules import MASK_RULES
 from ..store import MaskStore
 from .allocate_commands import show_log
@@ -176,6 +176,14 @@ def train_task_command(
             "--again", help="Train even if the store already holds a task on this data spec."
         ),
     ] = False,
+    class_order: Annotated[
+        str | None,
+        typer.Option(
+            "--class-order",
+            help="splitcifar100: seed:N splits the classes in a random order from seed N "
+            "(recorded in the spec as splitcifar100:I@seed:N); default the natural order.",
+        ),
+    ] = None,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "cpu",
     quiet: QuietOpt = False,
@@ -183,6 +191,11 @@ def train_task_command(
 ) -> None:
     """Learn one task's supermask on the fixed weights; append it to the store (made if absent)."""
     from ..learn.train import TrainConfig, TrainingInterrupted, train_task
+
+    if class_order is not None:
+        if not data.startswith("splitcifar100:") or "@" in data:
+            raise ConfigError("--class-order applies to a splitcifar100:I spec")
+        data = f"{data}@{class_order}"
 
     config = TrainConfig(
         lr=lr,

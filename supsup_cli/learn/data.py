@@ -202,8 +202,9 @@ SPEC_KINDS: Final = {
 # Image data sets on disk (learn/image_data.py): kind -> (form, argument pattern).
 DISK_KINDS: Final = {
     "splitcifar100": (
-        "splitcifar100:I (CIFAR-100 classes 5I..5I+4 from --data-root, I in 0..19)",
-        r"\d+",
+        "splitcifar100:I (CIFAR-100 classes 5I..5I+4 from --data-root, I in 0..19; "
+        "splitcifar100:I@seed:N for the classes in a random order from seed N)",
+        r"\d+(@seed:\d+)?",
     ),
     "splitimagenet": (
         "splitimagenet:I (classes 10I..10I+9 of an ImageNet tree at --data-root)",

@@ -30,6 +30,14 @@ CROP_PADDING: Final = 4
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train x, y, test x, y
 
 
+def cifar_classes(task: int, seed: int | None) -> tuple[int, ...]:
+    """The fine classes of task `task`: 5I..5I+4, or (seed N) the I-th five of the permutation
+    numpy's RandomState(N).permutation(100) gives, sorted."""
+    order = np.arange(100) if seed is None else np.random.RandomState(seed).permutation(100)
+    chosen = order[task * CIFAR_CLASSES_PER_TASK : (task + 1) * CIFAR_CLASSES_PER_TASK]
+    return tuple(sorted(int(c) for c in chosen))
+
+
 def read_cifar_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One file of the binary version: fixed-size records, read with numpy (never unpickled)."""
     raw = np.fromfile(path, dtype=np.uint8)
@@ -178,7 +186,8 @@ def load_disk_task(
     else:
         if data_root is None:
             raise DataSpecError(f"{kind}:{argument} reads its data set from --data-root DIR")
-        root, task = Path(data_root).expanduser().resolve(), int(argument)
+        index, _, order = argument.partition("@seed:")
+        root, task = Path(data_root).expanduser().resolve(), int(index)
         if kind == "splitimagenet":
             if not 0 <= task < IMAGENET_TASKS:
                 raise DataSpecError(f"splitimagenet:I takes I in 0..{IMAGENET_TASKS - 1}")
@@ -191,9 +200,7 @@ def load_disk_task(
                 raise DataSpecError(
                     f"CIFAR-100 images are 3x32x32; the network takes {'x'.join(map(str, shape))}"
                 )
-            classes = tuple(
-                range(task * CIFAR_CLASSES_PER_TASK, (task + 1) * CIFAR_CLASSES_PER_TASK)
-            )
+            classes = cifar_classes(task, None if not order else int(order))
             train_x, train_y, test_x, test_y = cifar100(root)
             train, test = np.isin(train_y, classes), np.isin(test_y, classes)
             split = (train_x[train], train_y[train], test_x[test], test_y[test])
