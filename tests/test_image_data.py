@@ -88,6 +88,9 @@ def test_folder_reads_a_tree_of_pngs_resized_with_sorted_classes(tmp_path: Path)
     (tmp_path / "tree" / "apple" / "bad.png").write_text("not an image")
     with pytest.raises(DataSpecError, match="bad.png"):
         load_task(f"folder:{tmp_path / 'tree'}", None, (1, 28, 28))
+    skipping = load_task(f"folder:{tmp_path / 'tree'}", None, (1, 28, 28), skip_bad=True)
+    assert skipping.skipped == (str(tmp_path / "tree" / "apple" / "bad.png"),)
+    assert skipping.train_x.shape == (12, 784)
 
 
 def test_splitimagenet_on_a_tiny_tree(tmp_path: Path) -> None:

@@ -184,6 +184,10 @@ def train_task_command(
             "(recorded in the spec as splitcifar100:I@seed:N); default the natural order.",
         ),
     ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="folder: leave unreadable images out (named) instead."),
+    ] = False,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "cpu",
     quiet: QuietOpt = False,
@@ -217,12 +221,15 @@ def train_task_command(
                 resolve_device(device),
                 progress=advance,
                 again=again,
+                skip_bad=skip_bad,
             )
     except TrainingInterrupted as stopped:  # a bare KeyboardInterrupt (while writing) goes on
         kept = "is as it was" if stopped.store_existed else "was not created"
         say(f"interrupted: nothing of the task on {stopped.spec} was kept; {store} {kept}")
         raise typer.Exit(130) from None
     record = outcome.record
+    for name in outcome.skipped:
+        say(f"skipped unreadable image {name}", quiet, style="yellow")
     if json_out:
         emit_json(
             {

@@ -56,6 +56,7 @@ class TaskData:
     shape: tuple[int, int, int] = DIGITS_SHAPE
     augment: bool = False
     class_names: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # unreadable images left out (--skip-bad)
 
 
 @functools.cache
@@ -231,7 +232,10 @@ def canonical_spec(spec: str) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=8)
 def load_task(
-    spec: str, data_root: Path | None = None, shape: tuple[int, int, int] = DIGITS_SHAPE
+    spec: str,
+    data_root: Path | None = None,
+    shape: tuple[int, int, int] = DIGITS_SHAPE,
+    skip_bad: bool = False,
 ) -> TaskData:
     """Build one task's train and test tensors from its spec, as images of `shape` (the
     network's input shape: the digits are 1x28x28 only, a folder tree is resized to it)."""
@@ -239,7 +243,7 @@ def load_task(
     if kind_name in DISK_KINDS:
         from .image_data import load_disk_task
 
-        return load_disk_task(kind_name, argument, data_root, shape)
+        return load_disk_task(kind_name, argument, data_root, shape, skip_bad)
     if shape != DIGITS_SHAPE:
         raise DataSpecError(
             f"{spec} gives 1x28x28 digits; the network takes {'x'.join(map(str, shape))} images"

@@ -91,20 +91,25 @@ def class_folders(root: Path) -> list[Path]:
 
 
 def read_folder_images(
-    folder: Path, shape: tuple[int, int, int]
+    folder: Path, shape: tuple[int, int, int], skipped: list[str] | None = None
 ) -> tuple[list[np.ndarray], list[str]]:
     """Every PNG/JPEG of one class folder (sorted by name), resized to `shape`; a bad image is
-    refused with its file named."""
+    refused with its file named, or (given a `skipped` list) added to that list and left out."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataSpecError(f"{folder}: no PNG or JPEG images")
-    images = []
+    images, names = [], []
     for path in files:
         try:
             images.append(read_image(path, shape))
+            names.append(path.name)
         except InputError as error:
-            raise DataSpecError(str(error)) from error
-    return images, [p.name for p in files]
+            if skipped is None:
+                raise DataSpecError(str(error)) from error
+            skipped.append(str(path))
+    if not images:
+        raise DataSpecError(f"{folder}: no readable images")
+    return images, names
 
 
 def folder_split(
@@ -112,12 +117,13 @@ def folder_split(
     labels: Sequence[int],
     shape: tuple[int, int, int],
     hold_out: bool = True,
+    skipped: list[str] | None = None,
 ) -> Split:
     """Images of the class folders, every FOLDER_TEST_EVERY-th (by name) held out for testing
     (unless `hold_out` is False: the tree has its own test images)."""
     parts: dict[bool, tuple[list[np.ndarray], list[int]]] = {True: ([], []), False: ([], [])}
     for folder, label in zip(folders, labels, strict=True):
-        images, _ = read_folder_images(folder, shape)
+        images, _ = read_folder_images(folder, shape, skipped)
         for index, image in enumerate(images):
             test = hold_out and index % FOLDER_TEST_EVERY == FOLDER_TEST_EVERY - 1
             parts[test][0].append(image)
@@ -173,15 +179,21 @@ def augment(
 
 
 def load_disk_task(
-    kind: str, argument: str, data_root: Path | None, shape: tuple[int, int, int]
+    kind: str,
+    argument: str,
+    data_root: Path | None,
+    shape: tuple[int, int, int],
+    skip_bad: bool = False,
 ) -> TaskData:
-    """One task of a data set on disk, normalised as the network takes it."""
+    """One task of a data set on disk, normalised as the network takes it; with `skip_bad`
+    unreadable images of a folder tree are left out (and named in the task's `skipped`)."""
     names: tuple[str, ...] = ()
+    skipped: list[str] | None = [] if skip_bad else None
     if kind == "folder":
         root = Path(argument).expanduser()
         folders = class_folders(root)
         names = tuple(f.name for f in folders)
-        split = folder_split(folders, range(len(folders)), shape)
+        split = folder_split(folders, range(len(folders)), shape, skipped=skipped)
         classes = tuple(range(len(folders)))
     else:
         if data_root is None:
@@ -215,4 +227,5 @@ def load_disk_task(
         shape,
         augment=kind == "splitcifar100",
         class_names=names,
+        skipped=tuple(skipped or ()),
     )

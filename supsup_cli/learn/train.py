@@ -274,6 +274,7 @@ class TaskOutcome:
     result: TrainResult
     created_store: bool
     mask_bytes: int
+    skipped: tuple[str, ...] = ()  # unreadable images left out of the training data
 
 
 def score_init_seed(store_seed: int, task_index: int) -> int:
@@ -293,6 +294,7 @@ def train_task(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     again: bool = False,
+    skip_bad: bool = False,
 ) -> TaskOutcome:
     """Learn one mask on a data spec and append it, creating the store first if absent.
 
@@ -315,7 +317,7 @@ def train_task(
         net_config, rule, density = options.new_store_settings()
         er_scale = options.er_scale
         first_index, transfer_mean = 0, None
-    data = load_task(spec, data_root, net_config.shape)
+    data = load_task(spec, data_root, net_config.shape, skip_bad)
     check_classes(data.classes, net_config)
     config = replace(config, init_seed=score_init_seed(net_config.seed, first_index))
     net = build_net(net_config, device)
@@ -340,7 +342,7 @@ def train_task(
         seconds=round(result.seconds, 3),
         task_stats=None if result.task_stats is None else result.task_stats.numpy(),
     )
-    return TaskOutcome(record, result, created, store.header.mask_bytes)
+    return TaskOutcome(record, result, created, store.header.mask_bytes, data.skipped)
 
 
 def check_new_spec(store: MaskStore, spec: str) -> None:
