@@ -21,7 +21,14 @@ from supsup_cli.format.convnets import Conv
 from supsup_cli.format.generator import signed_constant
 from supsup_cli.format.header import StoreHeader
 from supsup_cli.format.rules import er_densities
-from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
+from supsup_cli.learn.data import TaskData
+from supsup_cli.learn.train import (
+    CreationOptions,
+    TrainConfig,
+    initial_scores,
+    train_mask,
+    train_task,
+)
 from supsup_cli.model.convnets import masked_conv
 from supsup_cli.model.nets import PerTaskStats, build_net
 from supsup_cli.model.supermask import ScoreMasks
@@ -202,3 +209,19 @@ def test_an_old_784_input_store_reads_trains_and_infers(tmp_path: Path) -> None:
     inferred = runner.invoke(app, ["infer", str(path), str(tmp_path / "photo.png")])
     assert inferred.exit_code == 0, inferred.output
     assert '"task": ' in inferred.stdout
+
+
+def test_epochs_set_the_steps_and_progress_reports_loss_and_accuracy() -> None:
+    config = NetConfig("conv4", outputs=2)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 784, generator=generator), torch.arange(40) % 2
+    data = TaskData("toy", (0, 1), x, y, x[:8], y[:8])
+    train = TrainConfig(lr=1e-3, batch_size=16, epochs=3, optimizer="adam", schedule="cosine")
+    assert train.steps(len(x)) == 3 * 2  # 40 // 16 whole batches per epoch
+    reports: list[tuple[int, int, str]] = []
+    scores = initial_scores(config.mask_shapes, 0, None)
+    train_mask(
+        build_net(config), data, "topk", 0.5, train, scores, progress=lambda *a: reports.append(a)
+    )
+    assert [r[:2] for r in reports] == [(step, 6) for step in range(1, 7)]
+    assert reports[-1][2].startswith("epoch 3: loss ") and "train accuracy" in reports[-1][2]
