@@ -125,13 +125,17 @@ def test_the_schema_applies_its_limits_and_the_code_registries() -> None:
     assert props["log_count"]["maximum"] == limits["MAX_LOG_ROWS"]
     assert props["row_chunk"]["maximum"] == limits["MAX_ROW_CHUNK"]
     assert props["network"]["properties"]["outputs"]["maximum"] == limits["MAX_OUTPUTS"]
-    assert props["network"]["properties"]["inputs"]["const"] == architectures.INPUTS
+    inputs = props["network"]["properties"]["inputs"]
+    assert inputs["maximum"] == limits["MAX_INPUTS"] == 3 * limits["MAX_SIDE"] ** 2
+    side = props["network"]["properties"]["input_shape"]["items"]
+    assert side["maximum"] == limits["MAX_SIDE"]
     assert props["generator"]["properties"]["seed"]["maximum"] == limits["MAX_SEED"]
     assert props["generator"]["properties"]["name"]["const"] == generator.GENERATOR_NAME
     for key in ("data", "created"):
         assert RECORD["properties"][key]["maxLength"] == limits["MAX_RECORD_TEXT"]
     assert props["mask"]["properties"]["rule"]["enum"] == list(rules.MASK_RULES)
     assert RECORD["properties"]["rule"]["enum"] == list(rules.MASK_RULES)
+    assert props["mask"]["properties"]["er_scale"]["maximum"] == rules.MAX_ER_SCALE
     assert props["packed"]["properties"]["codec"]["enum"] == list(codecs.CODECS)
     assert props["hopfield"]["properties"]["rule"]["const"] == header.HOPFIELD_RULE
     assert set(props["slots"]["properties"]) == set(header.SLOT_ARRAYS)

@@ -12,6 +12,7 @@ import typer
 
 from ..errors import ConfigError
 from ..learn.choices import MAX_STARTS
+from ..store import MaskStore
 from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, say
 
 if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
@@ -163,6 +164,7 @@ def run_infer(
         return
     images = read_inputs(
         source,
+        MaskStore.open(store).net.shape,
         stdin=sys.stdin,
         skip_bad=skip_bad,
         on_skip=lambda name, reason: say(f"skipped {reason}", quiet, style="yellow"),

@@ -199,6 +199,7 @@ def infer(
         return
     images = read_inputs(
         source,
+        opened.net.shape,
         stdin=sys.stdin,
         skip_bad=skip_bad,
         on_skip=lambda name, reason: say(f"skipped {reason}", quiet, style="yellow"),
@@ -206,6 +207,12 @@ def infer(
     if stream_masks is None:  # one product over all masks: reading them into memory buys nothing
         stream_masks = len(images.names) <= batch and method == "one-shot" and per == "batch"
     bank = MaskBank.from_store(opened, target, stream=stream_masks)
+    if opened.net.stats_size:
+        say(
+            f"{opened.net.arch} keeps BatchNorm statistics per task: with the task unknown, each "
+            "batch is normalised by its own statistics, then classified with the inferred task's",
+            quiet,
+        )
     for start in range(0, len(images.names), batch):
         result = infer_task(
             bank,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from ..errors import StoreError, StoreNotFoundError
+from ..errors import ConfigError, StoreError, StoreNotFoundError
 from ..format.rules import MASK_RULES
 from ..store import MaskStore
 from .allocate_commands import show_log
@@ -47,7 +47,8 @@ ArchOpt = Annotated[
         "--arch",
         help="Network, for a new store: lenet-300-100 (default), fc-1024-1024, or bn-2048-2048 "
         "(masks on BatchNorm channels, for hopfield-encode; use --mask-rule sign --optimizer sgd "
-        "--lr 0.1).",
+        "--lr 0.1); convolutional, with per-task BatchNorm: conv4 (1x28x28), resnet18-gem "
+        "(3x32x32), resnet18 and resnet50 (3x224x224).",
     ),
 ]
 OutputsOpt = Annotated[
@@ -82,7 +83,11 @@ DensityOpt = Annotated[
 LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate on the scores.")]
 OptimizerOpt = Annotated[
     str,
-    typer.Option("--optimizer", help="rmsprop (default) or sgd (momentum 0.9, for bn-2048-2048)."),
+    typer.Option(
+        "--optimizer",
+        help="rmsprop (default), sgd (momentum 0.9, for bn-2048-2048) or adam "
+        "(the reference's conv setting: --lr 1e-3 --batch-size 128).",
+    ),
 ]
 BatchSizeOpt = Annotated[
     int, typer.Option("--batch-size", help="Images per training batch (all ranks together).")
@@ -93,11 +98,26 @@ TransferOpt = Annotated[
 ]
 
 
-def _creation(arch, outputs, seed, mask_rule, density) -> CreationOptions:
+ErScaleOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--er-scale",
+        help="Erdos-Renyi budget for a new topk store: site l keeps min(density, s*(c_out + "
+        "c_in)/(c_out*c_in*kh*kw)) of its weights (the reference's conv setting, density 0.5).",
+    ),
+]
+
+
+def _creation(arch, outputs, seed, mask_rule, density, er_scale=None) -> CreationOptions:
     from ..learn.train import CreationOptions
 
     return CreationOptions(
-        arch=arch, outputs=outputs, seed=seed, mask_rule=mask_rule, density=density
+        arch=arch,
+        outputs=outputs,
+        seed=seed,
+        mask_rule=mask_rule,
+        density=density,
+        er_scale=er_scale,
     )
 
 
@@ -109,11 +129,13 @@ def init(
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
+    er_scale: ErScaleOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create an empty store (train-task also creates one when the path is new)."""
-    net, rule, kept = _creation(arch, outputs, seed, mask_rule, density).new_store_settings()
-    created = MaskStore.create(store, net, rule, kept)
+    options = _creation(arch, outputs, seed, mask_rule, density, er_scale)
+    net, rule, kept = options.new_store_settings()
+    created = MaskStore.create(store, net, rule, kept, er_scale)
     if json_out:
         emit_json({"store": str(store), **created.header.to_attrs()})
     else:
@@ -128,15 +150,27 @@ def train_task_command(
     store: StoreArg,
     data: Annotated[
         str,
-        typer.Option("--data", help="Data spec of the task: permuted:N, rotated:DEG or split:I."),
+        typer.Option(
+            "--data",
+            help="Data spec of the task: permuted:N, rotated:DEG, split:I, splitcifar100:I, "
+            "splitimagenet:I or folder:PATH.",
+        ),
     ],
     arch: ArchOpt = None,
     outputs: OutputsOpt = None,
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
+    er_scale: ErScaleOpt = None,
     lr: LrOpt = 1e-4,
     optimizer: OptimizerOpt = "rmsprop",
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="Learning rate: constant (default) or cosine.")
+    ] = "constant",
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Passes over the training split (replaces --batches)."),
+    ] = None,
     batch_size: BatchSizeOpt = 128,
     batches: BatchesOpt = 1000,
     transfer: TransferOpt = False,
@@ -145,6 +179,18 @@ def train_task_command(
         typer.Option(
             "--again", help="Train even if the store already holds a task on this data spec."
         ),
+    ] = False,
+    class_order: Annotated[
+        str | None,
+        typer.Option(
+            "--class-order",
+            help="splitcifar100: seed:N splits the classes in a random order from seed N "
+            "(recorded in the spec as splitcifar100:I@seed:N); default the natural order.",
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="folder: leave unreadable images out (named) instead."),
     ] = False,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "cpu",
@@ -161,13 +207,23 @@ def train_task_command(
     from ..learn.train import TrainConfig, TrainingInterrupted, train_task
     from ..threads import training_threads
 
+    if class_order is not None:
+        if not data.startswith("splitcifar100:") or "@" in data:
+            raise ConfigError("--class-order applies to a splitcifar100:I spec")
+        data = f"{data}@{class_order}"
     threads = training_threads(torch.get_num_threads())
     if threads is not None:
         torch.set_num_threads(threads)
     config = TrainConfig(
-        lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
+        lr=lr,
+        batch_size=batch_size,
+        batches=batches,
+        transfer=transfer,
+        optimizer=optimizer,
+        epochs=epochs,
+        schedule=schedule,
     )
-    creation = _creation(arch, outputs, seed, mask_rule, density)
+    creation = _creation(arch, outputs, seed, mask_rule, density, er_scale)
     rank, chosen = rank_from_env(), resolve_device(device)
     try:
         with (
@@ -178,7 +234,16 @@ def train_task_command(
         ):
             where = chosen if group is None else group.device
             outcome = train_task(
-                store, data, creation, config, data_root, where, advance, group, again=again
+                store,
+                data,
+                creation,
+                config,
+                data_root,
+                where,
+                advance,
+                group,
+                again=again,
+                skip_bad=skip_bad,
             )
     except TrainingInterrupted as stopped:  # a bare KeyboardInterrupt (while writing) goes on
         kept = "is as it was" if stopped.store_existed else "was not created"
@@ -187,6 +252,8 @@ def train_task_command(
     if outcome is None:  # a rank other than 0: rank 0 reports
         return
     record = outcome.record
+    for name in outcome.skipped:
+        say(f"skipped unreadable image {name}", quiet, style="yellow")
     if json_out:
         emit_json(
             {
@@ -312,6 +379,7 @@ def info(
         "density": header.density,
         "mask_bits": header.mask_bits,
         "mask_bytes_per_task": header.mask_bytes,
+        "stats_bytes_per_task": 4 * opened.net.stats_size,
         "rows_per_chunk": header.row_chunk,
         "task_count": header.task_count,
         "stored_bytes": opened.stored_bytes(),
@@ -328,9 +396,16 @@ def info(
         f"{summary['stored_bytes']:,} bytes on disk, {header.row_chunk} row(s) per chunk"
     )
     out.print(
-        f"network {net.arch}, {net.outputs} outputs, seed {net.seed}; rule {header.mask_rule}"
+        f"network {net.arch} ({'x'.join(map(str, net.shape))} inputs), {net.outputs} outputs, "
+        f"seed {net.seed}; rule {header.mask_rule}"
         + (f", density {header.density}" if header.density is not None else "")
         + f"; {header.mask_bits:,} mask bits = {header.mask_bytes:,} bytes per task"
+        + (
+            f" + {4 * net.stats_size:,} bytes of BatchNorm statistics = "
+            f"{header.mask_bytes + 4 * net.stats_size:,}"
+            if net.stats_size
+            else ""
+        )
     )
     if summary["hopfield"] is not None:
         out.print(hopfield_line(summary["hopfield"]), markup=False)

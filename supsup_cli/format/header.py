@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError, StoreError
 from . import codecs as pack
-from .architectures import NetConfig
+from .architectures import DIGITS_SHAPE, NetConfig
 from .bits import packed_bytes
 from .generator import GENERATOR_NAME
 from .schema import block_problem, header_problem, is_int, record_problem
@@ -135,6 +135,7 @@ class StoreHeader:
     packed: PackedState | None = None  # entropy-coded mask rows (`supsup pack`)
     slots: tuple[str, str] | None = None  # sha256 of the current mask_counts, score_sum rows
     row_chunk: int = 1  # rows per chunk of masks, records and task_stats (1 before it existed)
+    er_scale: float | None = None  # topk: per-site densities by the Erdos-Renyi budget
 
     @property
     def commit_count(self) -> int:
@@ -170,7 +171,8 @@ class StoreHeader:
                     "density": self.density,
                     "bits": self.mask_bits,
                     "bytes": self.mask_bytes,
-                },
+                }
+                | ({} if self.er_scale is None else {"er_scale": self.er_scale}),
                 "task_count": self.task_count,
             }
             | ({} if self.hopfield is None else {"hopfield": self.hopfield.to_attrs()})
@@ -222,6 +224,7 @@ class StoreHeader:
                 outputs=network["outputs"],
                 seed=attrs["generator"]["seed"],
                 inputs=network["inputs"],
+                input_shape=tuple(network.get("input_shape", DIGITS_SHAPE)),
             )
         except ConfigError as error:
             raise StoreError(f"invalid store attributes: {error}") from error
@@ -238,6 +241,9 @@ class StoreHeader:
                 raise StoreError(f"invalid revision {revision!r} (must be >= task_count {count})")
             if not count <= rows <= count + 1:
                 raise StoreError(f"invalid rows {rows!r} (must be task_count or task_count + 1)")
+        er_scale = mask.get("er_scale")
+        if er_scale is not None and mask["rule"] != "topk":
+            raise StoreError("invalid store attributes: 'er_scale' needs the topk rule")
         row_chunk = attrs.get("row_chunk", 1)
         widest = max(packed_bytes(net.mask_bits), RECORD_BYTES, 4 * net.stats_size)
         most = max(1, min(MAX_ROW_CHUNK, MAX_ROW_CHUNK_BYTES // widest))
@@ -265,6 +271,7 @@ class StoreHeader:
             packed,
             slots=None if slots is None else (slots["mask_counts"], slots["score_sum"]),
             row_chunk=row_chunk,
+            er_scale=None if er_scale is None else float(er_scale),
         )
 
 

@@ -120,7 +120,17 @@ _PYTHON_TYPES: Final = {
 }
 _COMPILED: Final = frozenset(
     {"type", "const", "enum", "minimum", "maximum", "exclusiveMinimum", "maxLength", "pattern"}
-    | {"minItems", "uniqueItems", "items", "required", "properties", "allOf", "if", "then"}
+    | {
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "items",
+        "required",
+        "properties",
+        "allOf",
+        "if",
+        "then",
+    }
     | {"else"}
 )
 
@@ -139,7 +149,7 @@ def compile_schema(node: dict[str, Any]) -> Check:
     options = [node["const"]] if "const" in node else node.get("enum")
     low, high = node.get("minimum"), node.get("maximum")
     above = node.get("exclusiveMinimum")
-    longest, least = node.get("maxLength"), node.get("minItems")
+    longest, least, most = node.get("maxLength"), node.get("minItems"), node.get("maxItems")
     regex = re.compile(node["pattern"]) if "pattern" in node else None
     item = compile_schema(node["items"]) if "items" in node else None
     required = node.get("required", ())
@@ -170,7 +180,7 @@ def compile_schema(node: dict[str, Any]) -> Check:
             if regex is not None and regex.search(v) is None:
                 return False
         elif kind is list:
-            if least is not None and len(v) < least:
+            if least is not None and len(v) < least or most is not None and len(v) > most:
                 return False
             if item is not None and not all(item(x) for x in v):
                 return False

@@ -18,9 +18,12 @@ import numpy as np
 import torch
 
 from ..errors import DataSpecError
+from ..format.architectures import DIGITS_SHAPE
 
 MNIST_MEAN: Final = 0.1307
 MNIST_STD: Final = 0.3081
+CIFAR100_MEAN: Final = (0.5071, 0.4865, 0.4409)  # per channel, of the training split
+CIFAR100_STD: Final = (0.2673, 0.2564, 0.2762)
 EMBEDDED_TRAIN: Final = 4_000
 EMBEDDED_SPLIT_SEED: Final = 0
 PERMUTATION_TAG: Final = 0x5045524D  # "PERM": keeps permutation streams apart from weight streams
@@ -41,7 +44,8 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class TaskData:
-    """One task's normalised, transformed data: x (n, 784) float32, y (n,) int64."""
+    """One task's normalised, transformed data: x (n, C*H*W) float32, y (n,) int64; `augment`:
+    training batches get random crops and flips (CIFAR); `class_names`: of a folder tree."""
 
     spec: str
     classes: tuple[int, ...]
@@ -49,6 +53,10 @@ class TaskData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    shape: tuple[int, int, int] = DIGITS_SHAPE
+    augment: bool = False
+    class_names: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # unreadable images left out (--skip-bad)
 
 
 @functools.cache
@@ -96,6 +104,18 @@ def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(images)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return ((x - MNIST_MEAN) / MNIST_STD).reshape(len(x), -1)
+
+
+def normalise_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (n, C, H, W) or float in [0, 1] -> float32 (n, C*H*W), normalised as the training
+    data of that many channels: greyscale by MNIST's mean/std, RGB by CIFAR-100's per channel."""
+    x = torch.as_tensor(images)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.shape[1] == 1:
+        return ((x - MNIST_MEAN) / MNIST_STD).reshape(len(x), -1)
+    mean = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).reshape(len(x), -1)
 
 
 def pixel_permutation(seed: int) -> torch.Tensor:
@@ -180,23 +200,54 @@ SPEC_KINDS: Final = {
 }
 
 
+# Image data sets on disk (learn/image_data.py): kind -> (form, argument pattern).
+DISK_KINDS: Final = {
+    "splitcifar100": (
+        "splitcifar100:I (CIFAR-100 classes 5I..5I+4 from --data-root, I in 0..19; "
+        "splitcifar100:I@seed:N for the classes in a random order from seed N)",
+        r"\d+(@seed:\d+)?",
+    ),
+    "splitimagenet": (
+        "splitimagenet:I (classes 10I..10I+9 of an ImageNet tree at --data-root)",
+        r"\d+",
+    ),
+    "folder": ("folder:PATH (an ImageFolder tree: one subfolder per class)", r"[^,]+"),
+}
+
+
 def valid_forms() -> str:
-    return "; ".join(kind.form for kind in SPEC_KINDS.values())
+    forms = [kind.form for kind in SPEC_KINDS.values()]
+    return "; ".join(forms + [form for form, _ in DISK_KINDS.values()])
 
 
 def canonical_spec(spec: str) -> tuple[str, str]:
     """Validate a spec's syntax; return (kind, argument) or raise one helpful DataSpecError."""
     kind_name, _, argument = spec.strip().partition(":")
     kind = SPEC_KINDS.get(kind_name)
-    if kind is None or not re.fullmatch(kind.pattern, argument):
+    pattern = kind.pattern if kind is not None else DISK_KINDS.get(kind_name, ("", None))[1]
+    if pattern is None or not re.fullmatch(pattern, argument):
         raise DataSpecError(f"invalid data spec {spec!r}; valid forms: {valid_forms()}")
     return kind_name, argument
 
 
 @functools.lru_cache(maxsize=8)
-def load_task(spec: str, data_root: Path | None = None) -> TaskData:
-    """Build one task's train and test tensors from its spec."""
+def load_task(
+    spec: str,
+    data_root: Path | None = None,
+    shape: tuple[int, int, int] = DIGITS_SHAPE,
+    skip_bad: bool = False,
+) -> TaskData:
+    """Build one task's train and test tensors from its spec, as images of `shape` (the
+    network's input shape: the digits are 1x28x28 only, a folder tree is resized to it)."""
     kind_name, argument = canonical_spec(spec)
+    if kind_name in DISK_KINDS:
+        from .image_data import load_disk_task
+
+        return load_disk_task(kind_name, argument, data_root, shape, skip_bad)
+    if shape != DIGITS_SHAPE:
+        raise DataSpecError(
+            f"{spec} gives 1x28x28 digits; the network takes {'x'.join(map(str, shape))} images"
+        )
     source = image_source(data_root)
     classes, transform = SPEC_KINDS[kind_name].build(source, argument)
     train_x, train_y = transform(source.train_images, source.train_labels)
@@ -255,9 +306,11 @@ class EvalData:
     y: torch.Tensor
 
 
-def load_eval_data(specs: Sequence[str], data_root: Path | None = None) -> EvalData:
+def load_eval_data(
+    specs: Sequence[str], data_root: Path | None = None, shape: tuple[int, int, int] = DIGITS_SHAPE
+) -> EvalData:
     """The test split of each spec, concatenated (a merged task is tested on all its sources)."""
-    parts = [load_task(spec, data_root) for spec in specs]
+    parts = [load_task(spec, data_root, shape) for spec in specs]
     if len(parts) == 1:
         return EvalData(parts[0].spec, parts[0].classes, parts[0].test_x, parts[0].test_y)
     return EvalData(

@@ -397,7 +397,7 @@ def evaluate_store(
         for row, (index, spec) in enumerate(targets):
             if index >= k:
                 continue
-            data = load_eval_data(tested[row], data_root)
+            data = load_eval_data(tested[row], data_root, store.net.shape)
             check_classes(data.classes, store.net)
             x, y = _test_split(data.x, data.y, settings.images, index)
             if index not in gg:  # the same computation as the accuracy recorded at training

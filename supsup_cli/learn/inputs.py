@@ -1,5 +1,6 @@
-"""Unlabelled images for task inference: a folder or file of PNG/JPEG digits, a .npy array, or
-paths read from stdin ('-'). Everything becomes normalised (n, 784) float32, as in training."""
+"""Unlabelled images for task inference: a folder or file of PNG/JPEG images, a .npy array, or
+paths read from stdin ('-'). Everything becomes the store's input shape (C, H, W): greyscale or
+RGB, resized, normalised as in training, flattened to (n, C*H*W) float32."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import torch
 from numpy.lib import format as npy
 
 from ..errors import InputError, one_line
-from .data import normalise
+from .data import normalise_images
 
 IMAGE_SUFFIXES: Final = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIX: Final = ".npy"
-SIDE: Final = 28
+DIGITS: Final = (1, 28, 28)
 MAX_IMAGES: Final = 10_000_000
 
 SkipCallback = Callable[[str, str], None]  # (name, reason)
@@ -29,19 +30,21 @@ class Images:
     """Images to query, each with the name it is reported under (a file, or file[index])."""
 
     names: tuple[str, ...]
-    x: torch.Tensor  # (n, 784) float32, normalised
+    x: torch.Tensor  # (n, C*H*W) float32, normalised
 
 
 def read_inputs(
     source: str,
+    shape: tuple[int, int, int] = DIGITS,
     *,
     stdin: TextIO | None = None,
     skip_bad: bool = False,
     on_skip: SkipCallback | None = None,
 ) -> Images:
-    """Read a folder, an image, a .npy file, or ('-') one path per line from `stdin`.
+    """Read a folder, an image, a .npy file, or ('-') one path per line from `stdin`, as images
+    of `shape` (channels, height, width): the store's input shape.
 
-    An unreadable file is an InputError naming it; with skip_bad it is reported to on_skip instead.
+        An unreadable file is an InputError naming it; with skip_bad it goes to on_skip instead.
     """
     if source == "-":
         if stdin is None:
@@ -58,7 +61,7 @@ def read_inputs(
     arrays: list[np.ndarray] = []
     for path in paths:
         try:
-            batch = _read_one(path)
+            batch = _read_one(path, shape)
         except InputError as error:
             if not skip_bad:
                 raise
@@ -73,7 +76,7 @@ def read_inputs(
             raise InputError(f"more than {MAX_IMAGES:,} images given")
     if not arrays:
         raise InputError(f"{source}: no readable images")
-    return Images(tuple(names), torch.cat([normalise(a) for a in arrays]))
+    return Images(tuple(names), torch.cat([normalise_images(a) for a in arrays]))
 
 
 def _folder_images(root: Path) -> list[Path]:
@@ -87,20 +90,20 @@ def _indexed(path: Path, count: int) -> Iterable[str]:
     return (f"{path}[{i}]" for i in range(count))
 
 
-def _read_one(path: Path) -> np.ndarray:
-    """One file -> uint8 (n, 28, 28) or float32 (n, 28, 28) in [0, 1]."""
+def _read_one(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """One file -> uint8 (n, C, H, W), or float32 (n, C, H, W) in [0, 1]."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ARRAY_SUFFIX:
-        return _read_array(path)
+        return _read_array(path, shape)
     if suffix in IMAGE_SUFFIXES:
-        return _read_image(path)[None]
+        return read_image(path, shape)[None]
     raise InputError(f"{path}: not a PNG, JPEG or .npy file")
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """Greyscale, resized to 28 x 28 (bilinear), uint8 (28, 28)."""
+def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """Greyscale (one channel) or RGB (three), resized to H x W (bilinear), uint8 (C, H, W)."""
     from PIL import Image, UnidentifiedImageError
 
     bombs = (Image.DecompressionBombError, Image.DecompressionBombWarning)
@@ -109,17 +112,20 @@ def _read_image(path: Path) -> np.ndarray:
             # Past PIL's pixel limit an image is refused, not decoded with a warning on stderr.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                grey = image.convert("L")
-                if grey.size != (SIDE, SIDE):
-                    grey = grey.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
-                return np.array(grey, dtype=np.uint8)  # a writable copy
+                channels, height, width = shape
+                converted = image.convert("L" if channels == 1 else "RGB")
+                if converted.size != (width, height):
+                    converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.array(converted, dtype=np.uint8)  # a writable copy, (H, W[, 3])
+                return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     except (OSError, UnidentifiedImageError, ValueError, *bombs) as error:
         raise InputError(f"{path}: cannot read the image ({one_line(error)})") from error
 
 
-def _read_array(path: Path) -> np.ndarray:
-    """(n, 28, 28), (n, 784) or one (28, 28) image: uint8 0..255, or float in [0, 1]; never
-    unpickled."""
+def _read_array(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """(n, C, H, W) or (n, H, W, C), the layout told by where the channels are, never guessed
+    from values; greyscale also (n, H, W), (n, H*W) or one (H, W) image. uint8 0..255, or float in
+    [0, 1]; never unpickled."""
     try:
         with open(path, "rb") as handle:
             if handle.read(len(npy.MAGIC_PREFIX)) != npy.MAGIC_PREFIX:  # else numpy tries pickle
@@ -129,12 +135,7 @@ def _read_array(path: Path) -> np.ndarray:
         array = np.array(np.load(path, allow_pickle=False, mmap_mode="r"))
     except (OSError, ValueError, EOFError) as error:
         raise InputError(f"{path}: cannot read the array ({one_line(error)})") from error
-    if array.ndim == 2 and array.shape[1] == SIDE * SIDE:
-        array = array.reshape(-1, SIDE, SIDE)
-    elif array.shape == (SIDE, SIDE):  # np.save of a single image
-        array = array[None]
-    if array.ndim != 3 or array.shape[1:] != (SIDE, SIDE) or array.shape[0] == 0:
-        raise InputError(f"{path}: expected an array of shape (n, 28, 28), got {array.shape}")
+    array = _as_nchw(array, shape, path)
     if array.dtype == np.uint8:
         return array
     if array.dtype.kind != "f":
@@ -142,3 +143,25 @@ def _read_array(path: Path) -> np.ndarray:
     if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
         raise InputError(f"{path}: float images must hold finite values in [0, 1]")
     return array.astype(np.float32)
+
+
+def _as_nchw(array: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.ndarray:
+    """The array as (n, C, H, W), or an InputError that names the shapes this store takes."""
+    channels, height, width = shape
+    if channels == 1:  # greyscale: the channel axis may be left out
+        if array.ndim == 2 and array.shape[1] == height * width:
+            array = array.reshape(-1, height, width)
+        elif array.shape == (height, width):  # np.save of a single image
+            array = array[None]
+        if array.ndim == 3 and array.shape[1:] == (height, width):
+            array = array[:, None]
+    if array.ndim == 4 and array.shape[0] > 0:
+        if array.shape[1:] == shape:
+            return array
+        if array.shape[1:] == (height, width, channels):
+            return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+    side = f"{height}, {width}"
+    takes = f"(n, {channels}, {side}) or (n, {side}, {channels})"
+    if channels == 1:
+        takes = f"(n, {side}), {takes}"
+    raise InputError(f"{path}: expected an array of shape {takes}, got {array.shape}")

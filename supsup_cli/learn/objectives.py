@@ -91,11 +91,11 @@ def checked_superfluous(outputs: int, classes: Sequence[int]) -> torch.Tensor:
     return superfluous
 
 
-def as_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Images as the nets take them, float32 (n >= 1, 784) on `device`, or a clear error."""
+def as_input(x: torch.Tensor, device: torch.device, inputs: int = 784) -> torch.Tensor:
+    """Images as the nets take them, float32 (n >= 1, inputs) on `device`, or a clear error."""
     x = torch.as_tensor(x, dtype=torch.float32)
-    if x.ndim != 2 or x.shape[1] != 784 or x.shape[0] == 0:
-        raise ConfigError(f"expected images as a (n >= 1, 784) tensor, got {tuple(x.shape)}")
+    if x.ndim != 2 or x.shape[1] != inputs or x.shape[0] == 0:
+        raise ConfigError(f"expected images as a (n >= 1, {inputs}) tensor, got {tuple(x.shape)}")
     return x.to(device)
 
 

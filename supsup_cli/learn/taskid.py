@@ -74,7 +74,9 @@ def alpha_gradient(
             raise ConfigError("the G objective needs the classes the tasks use")
         superfluous = checked_superfluous(net.config.outputs, classes).to(device)
     mean = torch.from_numpy(np.asarray(counts, dtype=np.float32) / k).to(device)  # (D,)
-    grad = mask_gradient(net, mean, as_input(x, device), chosen, superfluous)  # (D,)
+    grad = mask_gradient(
+        net, mean, as_input(x, device, net.config.inputs), chosen, superfluous
+    )  # (D,)
     return host_products(packed, grad, device, mask_bits)
 
 
@@ -261,7 +263,7 @@ def infer_task(
     per: str = "batch",
     device: torch.device | str = "cpu",
 ) -> Inference:
-    """Infer the task of a batch (or of each image) of normalised images (n, 784), then classify.
+    """Infer the task of a batch (or of each image) of normalised images (n, inputs), then classify.
 
     Pass a MaskBank to reuse loaded masks across calls (its device wins over `device`).
     """
@@ -274,7 +276,7 @@ def infer_task(
         superfluous = checked_superfluous(
             bank.config.outputs, [c for cs in bank.task_classes for c in cs]
         ).to(bank.device)
-    x = as_input(x, bank.device)
+    x = as_input(x, bank.device, bank.config.inputs)
     if isinstance(bank.net, PerTaskStats) and (per == "image" or len(x) < 2):
         raise ConfigError(
             f"{bank.config.arch} normalises by batch statistics while the task is unknown: "
@@ -362,7 +364,7 @@ def score_specs(
         raise ConfigError(f"batch must be in [1, {MAX_QUERY_BATCH}], got {batch}")
     if not 0 <= trials <= MAX_TRIALS:
         raise ConfigError(f"trials must be in [0, {MAX_TRIALS}], got {trials}")
-    tasks = [load_task(spec, data_root) for spec in specs]
+    tasks = [load_task(spec, data_root, bank.config.shape) for spec in specs]
     plans = [_batches(len(t.test_y), batch, trials, seed + i) for i, t in enumerate(tasks)]
     total, done = sum(len(p) for p in plans), 0
     scores = []

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import ConfigError, StoreMismatchError
 from ..format.architectures import NetConfig
 from ..format.header import TaskRecord
-from ..format.rules import check_rule
+from ..format.rules import check_er_scale, check_rule, site_densities
 from ..model.nets import PerTaskStats, build_net
 from ..model.supermask import ScoreMasks, bits_to_masks, kaiming_uniform_scores, split_flat
 from ..progress import Progress
@@ -30,6 +30,7 @@ from .data import (
     merge_parents,
     source_specs,
 )
+from .image_data import augment
 
 if TYPE_CHECKING:  # types only: distributed.py loads torch.distributed, needed with torchrun alone
     from .distributed import RankGroup
@@ -41,7 +42,8 @@ SCORES_TAG: Final = 0x53434F52  # "SCOR": keeps score-init seeds apart from othe
 MAX_BATCHES: Final = 10_000_000
 MAX_BATCH_SIZE: Final = 65_536
 SGD_MOMENTUM: Final = 0.9
-OPTIMIZERS: Final = ("rmsprop", "sgd")
+OPTIMIZERS: Final = ("rmsprop", "sgd", "adam")
+SCHEDULES: Final = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class TrainConfig:
     transfer: bool = False
     init_seed: int = 0
     optimizer: str = "rmsprop"
+    epochs: int | None = None  # passes over the training split; replaces `batches` when given
+    schedule: str = "constant"  # learning rate: constant, or cosine decay to 0 over the steps
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -62,6 +66,10 @@ class TrainConfig:
             raise ConfigError(f"batch size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
         if not 1 <= self.batches <= MAX_BATCHES:
             raise ConfigError(f"batches must be in [1, {MAX_BATCHES}], got {self.batches}")
+        if self.epochs is not None and not 1 <= self.epochs <= MAX_BATCHES:
+            raise ConfigError(f"epochs must be in [1, {MAX_BATCHES}], got {self.epochs}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
@@ -69,6 +77,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def steps(self, examples: int) -> int:
+        """Training steps: `batches`, or `epochs` passes of whole batches over `examples`."""
+        if self.epochs is None:
+            return self.batches
+        return self.epochs * max(1, examples // min(self.batch_size, examples))
+
+
+def make_optimizer(
+    params: Sequence[nn.Parameter], config: TrainConfig, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer of the scores (SGD with momentum, Adam, or RMSprop) and its schedule."""
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=SGD_MOMENTUM
+        )
+    elif config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+    else:
+        optimizer = torch.optim.RMSprop(params, lr=config.lr)
+    if config.schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    return optimizer, None
 
 
 @dataclass(frozen=True)
@@ -104,22 +135,22 @@ def train_mask(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     group: RankGroup | None = None,
+    densities: Sequence[float | None] | None = None,
 ) -> TrainResult:
     """Edge-popup: RMSprop or SGD on the scores, cross-entropy through the straight-through mask.
 
     Nets with per-task statistics (BatchNorm) start them afresh, train on batch statistics, and
-    return the running statistics with the mask; the net is left in eval mode either way. In a
-    torchrun group each rank trains on its shard of every batch through DDP, and the statistics
-    returned are the ranks' mean.
+    return the running statistics with the mask; the net is left in eval mode either way.
+    `densities`: one top-k density per mask site (an Erdos-Renyi budget) instead of `density`.
+    In a torchrun group each rank trains on its shard of every batch through DDP, and the
+    statistics returned are the ranks' mean.
     """
     started = time.perf_counter()
-    masks = ScoreMasks(scores, rule, density).to(device)
+    masks = ScoreMasks(scores, rule, density, densities).to(device)
     trained = masks if group is None else group.wrap(masks)
-    optimizer = (
-        torch.optim.SGD(masks.parameters(), lr=config.lr, momentum=SGD_MOMENTUM)
-        if config.optimizer == "sgd"
-        else torch.optim.RMSprop(masks.parameters(), lr=config.lr)
-    )
+    steps = config.steps(len(data.train_x))
+    per_epoch = max(1, len(data.train_x) // min(config.batch_size, len(data.train_x)))
+    optimizer, schedule = make_optimizer(list(masks.parameters()), config, steps)
     per_task = isinstance(net, PerTaskStats)
     if per_task:
         net.reset_task_stats()
@@ -127,25 +158,43 @@ def train_mask(
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     generator = torch.Generator().manual_seed(config.init_seed)
     order, cursor, loss_value = torch.randperm(len(train_x), generator=generator), 0, float("nan")
-    for step in range(config.batches):
+    tally = torch.zeros(3)  # this epoch's summed loss, correct predictions, examples
+    for step in range(steps):
         if cursor + config.batch_size > len(order):  # new epoch: reshuffle
             order, cursor = torch.randperm(len(train_x), generator=generator), 0
         index = order[cursor : cursor + config.batch_size]
         cursor += config.batch_size
-        if group is None:
-            index = index.to(device)
-            loss = F.cross_entropy(net(train_x[index], trained()), train_y[index])
-        else:
-            shard = group.shard(index).to(device)
-            loss = group.loss(net(train_x[shard], trained()), train_y[shard], len(index))
+        index = index.to(device)
+        batch, labels = train_x[index], train_y[index]
+        if data.augment:  # the whole global batch, so that every rank draws the same numbers
+            batch = augment(batch, data.shape, generator).to(device)
+        if group is not None:
+            batch, labels = group.shard(batch), group.shard(labels)
+        logits = net(batch, trained())
+        loss = (
+            F.cross_entropy(logits, labels)
+            if group is None
+            else group.loss(logits, labels, len(index))
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         if group is not None:
             group.after_batch(step + 1)
         if progress is not None:
             loss_value = loss.item()
-            progress(step + 1, config.batches, f"loss {loss_value:.3f}")
+            correct = (logits.argmax(1) == labels).sum().item()
+            tally += torch.tensor([loss_value * len(labels), correct, len(labels)])
+            status = f"loss {loss_value:.3f}"
+            if config.epochs is not None:
+                mean_loss, accuracy = tally[0] / tally[2], tally[1] / tally[2]
+                epoch = step // per_epoch + 1
+                status = f"epoch {epoch}: loss {mean_loss:.3f}, train accuracy {accuracy:.1%}"
+                if (step + 1) % per_epoch == 0:
+                    tally.zero_()
+            progress(step + 1, steps, status)
     if progress is None:
         loss_value = loss.item()
     net.eval()
@@ -175,7 +224,7 @@ def predict(
     device: torch.device | str = "cpu",
     chunk: int = 2048,
 ) -> torch.Tensor:
-    """Predicted class of each row of x (n, 784), argmax restricted to the task's classes."""
+    """Predicted class of each row of x (n, inputs), argmax restricted to the task's classes."""
     allowed = torch.as_tensor(list(classes), device=device)
     predictions = [
         allowed[net(part.to(device), masks)[:, allowed].argmax(dim=1)].cpu()
@@ -207,6 +256,7 @@ class CreationOptions:
     seed: int | None = None
     mask_rule: str | None = None
     density: float | None = None
+    er_scale: float | None = None  # topk: an Erdos-Renyi budget instead of a uniform density
 
     def new_store_settings(self) -> tuple[NetConfig, str, float | None]:
         """The network, mask rule and density of a store made with these options."""
@@ -217,6 +267,7 @@ class CreationOptions:
             (DEFAULT_DENSITY if self.density is None else self.density) if rule == "topk" else None
         )
         check_rule(rule, density)
+        check_er_scale(rule, self.er_scale)
         net = NetConfig(
             DEFAULT_ARCH if self.arch is None else self.arch,
             DEFAULT_OUTPUTS if self.outputs is None else self.outputs,
@@ -243,6 +294,7 @@ class TaskOutcome:
     result: TrainResult
     created_store: bool
     mask_bytes: int
+    skipped: tuple[str, ...] = ()  # unreadable images left out of the training data
 
 
 def score_init_seed(store_seed: int, task_index: int) -> int:
@@ -263,6 +315,7 @@ class TaskPlan:
     first_index: int
     transfer_mean: np.ndarray | None
     existed: bool  # whether a store was there (an interrupted run then says it is as it was)
+    er_scale: float | None = None  # Erdos-Renyi budget of the sites' densities (top-k only)
 
 
 def plan_task(
@@ -277,10 +330,16 @@ def plan_task(
             check_new_spec(store, spec)
         header = store.header
         return TaskPlan(
-            store.net, header.mask_rule, header.density, store.task_count, store.score_mean(), True
+            store.net,
+            header.mask_rule,
+            header.density,
+            store.task_count,
+            store.score_mean(),
+            True,
+            header.er_scale,
         )
     MaskStore.check_creatable(store_path)
-    return TaskPlan(*options.new_store_settings(), 0, None, False)
+    return TaskPlan(*options.new_store_settings(), 0, None, False, options.er_scale)
 
 
 def train_task(
@@ -293,6 +352,7 @@ def train_task(
     progress: Progress | None = None,
     group: RankGroup | None = None,
     again: bool = False,
+    skip_bad: bool = False,
 ) -> TaskOutcome | None:
     """Learn one mask on a data spec and append it, creating the store first if absent.
 
@@ -308,7 +368,7 @@ def train_task(
         from .distributed import share_plan
 
         plan = share_plan(group, lambda: plan_task(store_path, options, spec, again))
-    data = load_task(spec, data_root)
+    data = load_task(spec, data_root, plan.net.shape, skip_bad)
     check_classes(data.classes, plan.net)
     config = replace(config, init_seed=score_init_seed(plan.net.seed, plan.first_index))
     net = build_net(plan.net, device)
@@ -316,26 +376,30 @@ def train_task(
         plan.net.mask_shapes, config.init_seed, plan.transfer_mean if config.transfer else None
     )
     try:
+        densities = site_densities(plan.net.mask_shapes, plan.density, plan.er_scale)
         result = train_mask(
-            net, data, plan.rule, plan.density, config, scores, device, progress, group
+            net, data, plan.rule, plan.density, config, scores, device, progress, group, densities
         )
     except KeyboardInterrupt as interrupt:
         raise TrainingInterrupted(data.spec, store_existed=plan.existed) from interrupt
     if group is not None and not group.writes:
         return None
-    store, created = MaskStore.open_or_create(store_path, plan.net, plan.rule, plan.density)
+    store, created = MaskStore.open_or_create(
+        store_path, plan.net, plan.rule, plan.density, plan.er_scale
+    )
     record = store.append_task(
         result.mask_bits,
         result.flat_scores.numpy(),
         data=data.spec,
         classes=data.classes,
         accuracy=result.accuracy,
-        train=config.to_dict(),
+        train=config.to_dict()
+        | ({"class_names": list(data.class_names)} if data.class_names else {}),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         seconds=round(result.seconds, 3),
         task_stats=None if result.task_stats is None else result.task_stats.numpy(),
     )
-    return TaskOutcome(record, result, created, store.header.mask_bytes)
+    return TaskOutcome(record, result, created, store.header.mask_bytes, data.skipped)
 
 
 def check_new_spec(store: MaskStore, spec: str) -> None:
@@ -397,7 +461,7 @@ def evaluate_task(
     wanted = spec or record.data
     merged = wanted == record.data and merge_parents(wanted) is not None
     sources = source_specs([r.data for r in store.tasks()], index) if merged else (wanted,)
-    data = load_eval_data(sources, data_root)
+    data = load_eval_data(sources, data_root, store.net.shape)
     net = build_net(store.net, device)
     if isinstance(net, PerTaskStats):
         net.load_task_stats(store.read_task_stats(index))

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..format.architectures import ARCHITECTURES, NetConfig
 from ..model.weights import signed_kaiming_constant
+from .convnets import MaskedConvNet, MaskedResNet
 
 
 class MaskedLinear(nn.Module):
@@ -154,7 +155,12 @@ class MaskedBNMLP(nn.Module):
         return self.linears[-1](x)  # (n, outputs)
 
 
-MODULES: Final[dict[str, type[nn.Module]]] = {"mlp": MaskedMLP, "bn-mlp": MaskedBNMLP}
+MODULES: Final[dict[str, type[nn.Module]]] = {
+    "mlp": MaskedMLP,
+    "bn-mlp": MaskedBNMLP,
+    "conv": MaskedConvNet,
+    "resnet": MaskedResNet,
+}
 
 
 def build_net(config: NetConfig, device: torch.device | str = "cpu") -> nn.Module:

@@ -52,8 +52,9 @@ def scores_to_mask(scores: torch.Tensor, rule: str, density: float | None) -> to
 
 
 def kaiming_uniform_scores(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Initial scores: Kaiming uniform with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    fan_in = shape[1] if len(shape) > 1 else shape[0]
+    """Initial scores: Kaiming uniform with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    fan_in = in*kh*kw for a convolution."""
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
     bound = 1.0 / math.sqrt(fan_in)
     return torch.empty(shape).uniform_(-bound, bound, generator=generator)
 
@@ -75,15 +76,31 @@ def bits_to_masks(
 class ScoreMasks(nn.Module):
     """The trainable part of one task: one score tensor per mask site, turned into masks."""
 
-    def __init__(self, scores: Sequence[torch.Tensor], rule: str, density: float | None) -> None:
+    def __init__(
+        self,
+        scores: Sequence[torch.Tensor],
+        rule: str,
+        density: float | None,
+        site_densities: Sequence[float | None] | None = None,
+    ) -> None:
+        """`site_densities`: one top-k density per site (e.g. an Erdos-Renyi budget) instead of
+        the same `density` for every site."""
         super().__init__()
         check_rule(rule, density)
         self.rule = rule
         self.density = density
         self.scores = nn.ParameterList(nn.Parameter(s.clone()) for s in scores)
+        self.densities = [density] * len(scores) if site_densities is None else site_densities
+        if len(self.densities) != len(scores):
+            raise ValueError(f"{len(self.densities)} densities for {len(scores)} mask sites")
+        for kept in self.densities:
+            check_rule(rule, kept)
 
     def forward(self) -> list[torch.Tensor]:
-        return [scores_to_mask(s, self.rule, self.density) for s in self.scores]
+        return [
+            scores_to_mask(s, self.rule, kept)
+            for s, kept in zip(self.scores, self.densities, strict=True)
+        ]
 
     @torch.no_grad()
     def mask_bits(self) -> np.ndarray:

@@ -23,16 +23,26 @@ class MaskStore(StoreReader):
 
     @classmethod
     def create(
-        cls, path: str | Path, net: NetConfig, rule: str, density: float | None
+        cls,
+        path: str | Path,
+        net: NetConfig,
+        rule: str,
+        density: float | None,
+        er_scale: float | None = None,
     ) -> MaskStore:
         """Create an empty store; refuses to overwrite an existing one."""
         path = location.normalise(path)
-        writer.create(path, net, rule, density)
+        writer.create(path, net, rule, density, er_scale)
         return cls.open(path, writable=True)
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path, net: NetConfig, rule: str, density: float | None
+        cls,
+        path: str | Path,
+        net: NetConfig,
+        rule: str,
+        density: float | None,
+        er_scale: float | None = None,
     ) -> tuple[MaskStore, bool]:
         """The store at `path`, created if absent, and whether this call created it.
 
@@ -41,12 +51,12 @@ class MaskStore(StoreReader):
         """
         if not cls.exists(path):
             try:
-                return cls.create(path, net, rule, density), True
+                return cls.create(path, net, rule, density, er_scale), True
             except Exception:
                 if not cls.exists(path):  # failed for another reason than a faster creator
                     raise
         store = cls.open(path, writable=True)
-        store.check_compatible(net.arch, net.outputs, net.seed, rule, density)
+        store.check_compatible(net.arch, net.outputs, net.seed, rule, density, er_scale)
         return store, False
 
     check_creatable = staticmethod(writer.check_creatable)

@@ -409,6 +409,7 @@ class StoreReader:
         seed: int | None = None,
         mask_rule: str | None = None,
         density: float | None = None,
+        er_scale: float | None = None,
     ) -> None:
         """Refuse creation options that contradict the existing store (None means 'not given')."""
         wanted = {
@@ -417,6 +418,7 @@ class StoreReader:
             "seed": seed,
             "mask-rule": mask_rule,
             "density": density,
+            "er-scale": er_scale,
         }
         have = {
             "arch": self.net.arch,
@@ -424,6 +426,7 @@ class StoreReader:
             "seed": self.net.seed,
             "mask-rule": self.header.mask_rule,
             "density": self.header.density,
+            "er-scale": self.header.er_scale,
         }
         for name, value in wanted.items():
             if value is not None and value != have[name]:

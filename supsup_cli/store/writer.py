@@ -32,7 +32,7 @@ from ..format.header import (
     mask_checksum,
     slot_digest,
 )
-from ..format.rules import check_rule
+from ..format.rules import check_er_scale, check_rule
 from . import layout, location
 from .faults import fault_point
 from .layout import (
@@ -407,12 +407,17 @@ def drop_masks(store: StoreReader, tasks: Sequence[int]) -> tuple[HopfieldState,
     return state, change.store
 
 
-def create(path: str, net: NetConfig, rule: str, density: float | None) -> None:
+def create(
+    path: str, net: NetConfig, rule: str, density: float | None, er_scale: float | None = None
+) -> None:
     """Create an empty store at a normalised path; refuses to overwrite an existing one."""
     check_rule(rule, density)
+    check_er_scale(rule, er_scale)
     if rule == "sign":
         density = None
-    header = StoreHeader(net, rule, density, 0, row_chunk=layout.default_row_chunk(net))
+    header = StoreHeader(
+        net, rule, density, 0, row_chunk=layout.default_row_chunk(net), er_scale=er_scale
+    )
     if location.is_file(path):
         raise StoreError(f"{path}: exists and is not a directory")
     try:
