@@ -95,11 +95,19 @@ def init(
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
+    keep_scores: Annotated[
+        bool,
+        typer.Option(
+            "--keep-scores",
+            help="Sum the tasks' raw scores (4 bytes a weight), so that train-task --transfer "
+            "can start from their mean.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create an empty store (train-task also creates one when the path is new)."""
     net, rule, kept = _creation(arch, outputs, seed, mask_rule, density).new_store_settings()
-    created = MaskStore.create(store, net, rule, kept)
+    created = MaskStore.create(store, net, rule, kept, keep_scores=keep_scores)
     if json_out:
         emit_json({"store": str(store), **created.header.to_attrs()})
     else:
@@ -136,7 +144,11 @@ def train_task_command(
     ] = 1000,
     transfer: Annotated[
         bool,
-        typer.Option("--transfer", help="Start from the mean raw scores of the earlier tasks."),
+        typer.Option(
+            "--transfer",
+            help="Start from the mean raw scores of the earlier tasks (the store must keep "
+            "them: made by init --keep-scores or a first train-task --transfer).",
+        ),
     ] = False,
     again: Annotated[
         bool,

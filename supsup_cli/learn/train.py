@@ -258,6 +258,12 @@ def train_task(
         store.check_compatible(**asdict(options))
         if not again:
             check_new_spec(store, spec)
+        if config.transfer and not store.keeps_scores:
+            raise ConfigError(
+                f"{store_path}: the store keeps no score sums, which --transfer starts from; "
+                "make stores for it with `supsup init --keep-scores` or a first "
+                "`train-task --transfer`"
+            )
         net_config, rule, density = store.net, store.header.mask_rule, store.header.density
         first_index, transfer_mean = store.task_count, store.score_mean()
     else:
@@ -275,7 +281,9 @@ def train_task(
         result = train_mask(net, data, rule, density, config, scores, device, progress)
     except KeyboardInterrupt as interrupt:
         raise TrainingInterrupted(data.spec, store_existed=existed) from interrupt
-    store, created = MaskStore.open_or_create(store_path, net_config, rule, density)
+    store, created = MaskStore.open_or_create(
+        store_path, net_config, rule, density, keep_scores=config.transfer
+    )
     record = store.append_task(
         result.mask_bits,
         result.flat_scores.numpy(),
