@@ -226,8 +226,8 @@ class StoreReader:
         """uint32 (D,): the masks summed block by block (a Hopfield-dropped task's bits from
         the pattern sum, reader rule R13)."""
         bits = self.header.mask_bits
-        dropped = self.dropped_tasks()
-        kept = [task for task in range(self.task_count) if task not in set(dropped)]
+        dropped = set(self.dropped_tasks())
+        kept = [task for task in range(self.task_count) if task not in dropped]
         encoded = set() if not dropped else set(self.header.hopfield.tasks)
         total = np.zeros(bits, dtype=np.int64)
         encoded_kept = np.zeros(bits, dtype=np.int64)
