@@ -16,6 +16,7 @@ from supsup_cli.format.architectures import NetConfig
 from supsup_cli.format.bits import unpack_mask
 from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 from supsup_cli.store import MaskStore, layout
+from supsup_cli.store.reader import summed_counts
 
 runner = CliRunner()
 NET = NetConfig("lenet-300-100", 10, 0)
@@ -77,7 +78,7 @@ def test_summed_counts_equal_stored_counts_of_the_same_masks(tmp_path: Path) -> 
     assert summed.dtype == stored.dtype == np.uint32
     assert np.array_equal(summed, stored)
     assert np.array_equal(summed, np.sum(masks, axis=0))
-    assert np.array_equal(old.summed_counts(), stored)
+    assert np.array_equal(summed_counts(old), stored)
 
 
 def test_a_store_crossing_the_threshold_stores_its_counts(
@@ -99,7 +100,7 @@ def test_a_store_crossing_the_threshold_stores_its_counts(
     reopened = MaskStore.open(store.path)
     assert reopened.verify() == []
     assert np.array_equal(reopened.read_slot("mask_counts"), np.sum(masks, axis=0))
-    assert np.array_equal(reopened.summed_counts(), reopened.mask_counts())
+    assert np.array_equal(summed_counts(reopened), reopened.mask_counts())
 
 
 def test_transfer_on_a_store_without_score_sums_is_refused_and_writes_nothing(

@@ -220,40 +220,7 @@ class StoreReader:
         stored row where the store holds one, else summed from the masks."""
         if "mask_counts" in self.header.slot_arrays:
             return self.read_slot("mask_counts")
-        return self.summed_counts()
-
-    def summed_counts(self) -> np.ndarray:
-        """uint32 (D,): the masks summed block by block (a Hopfield-dropped task's bits from
-        the pattern sum, reader rule R13)."""
-        bits = self.header.mask_bits
-        dropped = set(self.dropped_tasks())
-        kept = [task for task in range(self.task_count) if task not in dropped]
-        encoded = set() if not dropped else set(self.header.hopfield.tasks)
-        total = np.zeros(bits, dtype=np.int64)
-        encoded_kept = np.zeros(bits, dtype=np.int64)
-        done = 0
-        for block in self.iter_packed(kept):  # (n, B), checksums checked
-            unpacked = unpack_mask(block, bits)  # (n, D) bool
-            total += unpacked.sum(axis=0)
-            which = [i for i, task in enumerate(kept[done : done + len(block)]) if task in encoded]
-            if which:
-                encoded_kept += unpacked[which].sum(axis=0)
-            done += len(block)
-        if dropped:
-            total += self.dropped_counts(encoded_kept, self.read_hopfield()[1])
-        return total.astype(np.uint32)
-
-    def dropped_counts(self, encoded_kept: np.ndarray, pattern_sum: np.ndarray) -> np.ndarray:
-        """int64 (D,): per weight, the dropped masks that keep it: the Hopfield pattern sum's
-        ones less the kept encoded masks' (`encoded_kept`); refused where no such count exists."""
-        state = self.header.hopfield
-        ones = pattern_sum.astype(np.int64) + len(state.tasks)  # 2 x (ones of the masks)
-        if np.any(ones % 2) or np.any(ones < 0):
-            raise StoreError("the Hopfield pattern sum is not a sum of +-1 patterns")
-        dropped = ones // 2 - encoded_kept
-        if np.any(dropped < 0) or np.any(dropped > len(state.dropped)):
-            raise StoreError("the Hopfield pattern sum disagrees with the kept masks")
-        return dropped
+        return summed_counts(self)
 
     @property
     def keeps_scores(self) -> bool:
@@ -471,3 +438,40 @@ class StoreReader:
                     f"{self.path}: --{name} {value} contradicts the store, made with --{name} "
                     f"{have[name]} (creation options apply to new stores only)"
                 )
+
+
+def summed_counts(store: StoreReader) -> np.ndarray:
+    """uint32 (D,): the store's masks summed block by block (a Hopfield-dropped task's bits
+    from the pattern sum, reader rule R13): its counts where it stores none."""
+    bits = store.header.mask_bits
+    dropped = set(store.dropped_tasks())
+    kept = [task for task in range(store.task_count) if task not in dropped]
+    encoded = set() if not dropped else set(store.header.hopfield.tasks)
+    total = np.zeros(bits, dtype=np.int64)
+    encoded_kept = np.zeros(bits, dtype=np.int64)
+    done = 0
+    for block in store.iter_packed(kept):  # (n, B), checksums checked
+        unpacked = unpack_mask(block, bits)  # (n, D) bool
+        total += unpacked.sum(axis=0)
+        which = [i for i, task in enumerate(kept[done : done + len(block)]) if task in encoded]
+        if which:
+            encoded_kept += unpacked[which].sum(axis=0)
+        done += len(block)
+    if dropped:
+        total += dropped_counts(store, encoded_kept, store.read_hopfield()[1])
+    return total.astype(np.uint32)
+
+
+def dropped_counts(
+    store: StoreReader, encoded_kept: np.ndarray, pattern_sum: np.ndarray
+) -> np.ndarray:
+    """int64 (D,): per weight, the dropped masks that keep it: the Hopfield pattern sum's ones
+    less the kept encoded masks' (`encoded_kept`); refused where no such count exists."""
+    state = store.header.hopfield
+    ones = pattern_sum.astype(np.int64) + len(state.tasks)  # 2 x (ones of the masks)
+    if np.any(ones % 2) or np.any(ones < 0):
+        raise StoreError("the Hopfield pattern sum is not a sum of +-1 patterns")
+    dropped = ones // 2 - encoded_kept
+    if np.any(dropped < 0) or np.any(dropped > len(state.dropped)):
+        raise StoreError("the Hopfield pattern sum disagrees with the kept masks")
+    return dropped

@@ -12,7 +12,7 @@ from ..errors import StoreError
 from ..format import codecs
 from ..format.bits import padding_is_zero, unpack_mask
 from ..format.header import mask_checksum
-from .reader import StoreReader
+from .reader import StoreReader, dropped_counts
 
 VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during the check
 
@@ -133,7 +133,7 @@ def _verify_hopfield(
     if not np.all(np.isfinite(psi)) or not np.array_equal(psi, psi.T):
         problems.append("the Hopfield matrix is not finite and symmetric")
     try:
-        return store.dropped_counts(encoded_kept, pattern_sum)
+        return dropped_counts(store, encoded_kept, pattern_sum)
     except StoreError as error:
         problems.append(str(error))
         return none

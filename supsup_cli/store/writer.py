@@ -55,7 +55,7 @@ from .layout import (
     write_lock,
     zarr_store,
 )
-from .reader import StoreReader
+from .reader import StoreReader, summed_counts
 
 
 class Transaction:
@@ -123,7 +123,7 @@ class Transaction:
             counts = store.read_slot("mask_counts").astype(np.int64) + count_change  # (D,)
             store.arrays["mask_counts"][following] = counts.astype(np.uint32)
         elif task_count >= layout.STORED_COUNTS_TASKS:
-            counts = store.summed_counts().astype(np.int64) + count_change  # (D,)
+            counts = summed_counts(store).astype(np.int64) + count_change  # (D,)
             self._new_slot_array("mask_counts")[following] = counts.astype(np.uint32)
         if "score_sum" in held:
             if score_change is None:
