@@ -63,9 +63,10 @@ def test_five_trained_tasks_take_little_more_than_their_masks(
     for spec in ("permuted:4", "permuted:5"):
         train_task(path, spec, CreationOptions(), TrainConfig(batches=5))
     store = MaskStore.open(path)
-    assert (store.task_count, store.header.version, store.header.slot_arrays) == (5, 4, ())
-    assert not any((path / name).exists() for name in PER_WEIGHT)
+    assert store.task_count == 5
     assert file_bytes(path, skip="records") <= 1.1 * 5 * MASK_BYTES
+    assert (store.header.version, store.header.slot_arrays) == (4, ())
+    assert not any((path / name).exists() for name in PER_WEIGHT)
     assert store.verify() == []
 
 
