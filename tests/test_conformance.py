@@ -11,10 +11,12 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import zarr
 
 from supsup_cli.errors import StoreError
+from supsup_cli.format.bits import unpack_mask
 from supsup_cli.store import MaskStore
 from supsup_cli.store.layout import LOCK_NAME
 
@@ -52,6 +54,10 @@ def test_golden_stores_regenerate_bit_for_bit(corpus: ModuleType, golden: Path) 
         ("lenet-v2-replaced.zarr", 2, 3),
         ("lenet-v3-packed.zarr", 3, 2),
         ("bn-2tasks.zarr", 1, 2),
+        ("lenet-v4-2tasks.zarr", 4, 2),
+        ("lenet-v4-scores.zarr", 4, 2),
+        ("lenet-v4-packed.zarr", 4, 2),
+        ("bn-v4-counts.zarr", 4, 3),
     ],
 )
 def test_golden_stores_read_and_verify(golden: Path, name: str, version: int, tasks: int) -> None:
@@ -61,6 +67,29 @@ def test_golden_stores_read_and_verify(golden: Path, name: str, version: int, ta
     assert len(store.read_packed()) == tasks
     if version == 2:
         assert store.task(1).revision == 1 and len(store.read_log()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "held"),
+    [
+        ("lenet-2tasks.zarr", {"mask_counts", "score_sum"}),
+        ("lenet-v4-2tasks.zarr", set()),
+        ("lenet-v4-scores.zarr", {"score_sum"}),
+        ("lenet-v4-packed.zarr", set()),
+        ("bn-v4-counts.zarr", {"mask_counts"}),
+    ],
+)
+def test_golden_stores_hold_the_per_weight_arrays_their_slots_name(
+    golden: Path, name: str, held: set[str]
+) -> None:
+    """Version 4 keeps mask_counts and score_sum only where `slots` names them; the counts
+    read (stored or summed from the masks) are the masks' sum either way."""
+    header = json.loads((golden / name / "zarr.json").read_text())["attributes"]["supsup"]
+    present = {p.name for p in (golden / name).iterdir()} & {"mask_counts", "score_sum"}
+    assert set(header["slots"]) == present == held
+    store = MaskStore.open(golden / name)
+    summed = unpack_mask(store.read_packed(), store.header.mask_bits).sum(axis=0)
+    assert np.array_equal(store.mask_counts(), summed)
 
 
 def test_listing_a_store_with_zarr_does_not_warn(golden: Path, tmp_path: Path) -> None:

@@ -65,9 +65,11 @@ def encode_all(patterns: torch.Tensor) -> torch.Tensor:
     return psi
 
 
-def tiny_store(path: Path, tasks: int = 3, seed: int = 0) -> Path:
-    """A store of the tiny net holding random masks and statistics (split:0.. as their data)."""
-    store = MaskStore.create(path, NetConfig(TINY, outputs=10, seed=seed), "sign", None)
+def tiny_store(path: Path, tasks: int = 3, seed: int = 0, version: int = 4) -> Path:
+    """A store of the tiny net holding random masks and statistics (split:0.. as their data);
+    version 4 sums its counts from the masks, version 1 stores them."""
+    net = NetConfig(TINY, outputs=10, seed=seed)
+    store = MaskStore.create(path, net, "sign", None, version=version)
     generator = np.random.Generator(np.random.PCG64(seed))
     for index in range(tasks):
         stats = torch.cat([torch.zeros(32), torch.ones(32), torch.zeros(32), torch.ones(32)])
@@ -288,7 +290,7 @@ def test_verify_catches_a_tampered_psi_and_pattern_sum(tmp_path: Path) -> None:
 
 
 def test_verify_catches_counts_that_disagree_with_dropped_masks(tmp_path: Path) -> None:
-    path = tiny_store(tmp_path / "s.zarr")
+    path = tiny_store(tmp_path / "s.zarr", version=1)  # counts stored
     encode_tasks(path, drop_masks=True)
     store = MaskStore.open(path, writable=True)
     counts = store.mask_counts().copy()

@@ -29,8 +29,9 @@ from typer.testing import CliRunner
 
 from supsup_cli.cli import app
 from supsup_cli.errors import StoreError
+from supsup_cli.format.bits import unpack_mask
 from supsup_cli.format.header import StoreHeader, TaskRecord
-from supsup_cli.store import MaskStore
+from supsup_cli.store import MaskStore, layout
 from supsup_cli.store import location as storage
 from supsup_cli.store.layout import ATTRIBUTE_KEY
 
@@ -54,7 +55,29 @@ def assert_clean_refusal(result: Any, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def sound(permuted_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(shutil.copytree(permuted_store, tmp_path_factory.mktemp("sound") / "s.zarr"))
+    """The trained tasks of `permuted_store` in a version 4 store that holds every array (score
+    sums kept, counts stored from the first task on), so that each can be damaged."""
+    source = MaskStore.open(permuted_store)
+    path = tmp_path_factory.mktemp("sound") / "s.zarr"
+    bits = source.header.mask_bits
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layout, "STORED_COUNTS_TASKS", 1)
+        store = MaskStore.create(
+            path, source.net, source.header.mask_rule, source.header.density, keep_scores=True
+        )
+        for record, packed in zip(source.tasks(), source.read_packed(), strict=True):
+            store.append_task(
+                unpack_mask(packed, bits),
+                np.random.default_rng(record.index).standard_normal(bits),
+                data=record.data,
+                classes=record.classes,
+                accuracy=record.accuracy,
+                train=record.train,
+                created=record.created,
+                seconds=record.seconds,
+            )
+    assert store.header.slot_arrays == ("mask_counts", "score_sum")
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -146,6 +146,22 @@ def test_append_killed_at_each_step(two_task_store: Path, step: str) -> None:
     assert_sound(two_task_store, {count + 1})
 
 
+@pytest.mark.parametrize("step", APPEND_STEPS)
+def test_append_that_would_store_the_counts_killed_at_each_step(
+    two_task_store: Path, step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third task brings the counts (threshold lowered to 3): killed before its commit, the
+    store holds no counts and verifies; the next append makes them, over any leftover."""
+    monkeypatch.setattr(layout, "STORED_COUNTS_TASKS", 3)  # the forked child inherits it
+    assert run_child(_append_with_fault, two_task_store, step, 3) == -signal.SIGKILL
+    count = assert_sound(two_task_store, {3} if step == "committed" else {2})
+    held = MaskStore.open(two_task_store).header.slot_arrays
+    assert held == (("mask_counts",) if count == 3 else ())
+    append_random_task(two_task_store, 4)
+    assert_sound(two_task_store, {count + 1})
+    assert MaskStore.open(two_task_store).header.slot_arrays == ("mask_counts",)
+
+
 @pytest.mark.parametrize("step", CREATION_STEPS)
 def test_creation_killed_at_each_step(tmp_path: Path, step: str) -> None:
     path = tmp_path / "new.zarr"

@@ -23,8 +23,8 @@ D = NET.mask_bits  # 266,200: a multiple of 8, so the tests below also use a pad
 
 
 def synthetic_store(path: Path, masks: list[np.ndarray], net: NetConfig = NET) -> MaskStore:
-    """A store holding exactly these masks (no training), scores = task index."""
-    store = MaskStore.create(path, net, "topk", 0.5)
+    """A store holding exactly these masks (no training), scores = task index (summed)."""
+    store = MaskStore.create(path, net, "topk", 0.5, keep_scores=True)
     for index, bits in enumerate(masks):
         store.append_task(
             bits,

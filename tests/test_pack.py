@@ -189,9 +189,10 @@ def test_tasks_without_masks_have_empty_blobs_and_skip_the_context_chain() -> No
 NET = NetConfig("lenet-300-100", outputs=3, seed=2)  # D = 265,500: padding bits in the last byte
 
 
-def make_store(path: Path, count: int = 4, seed: int = 0) -> MaskStore:
-    """A store of random top-k-like masks of varied density (no training)."""
-    store = MaskStore.create(path, NET, "topk", 0.1)
+def make_store(path: Path, count: int = 4, seed: int = 0, version: int = 1) -> MaskStore:
+    """A store of random top-k-like masks of varied density (no training); version 1 (the
+    older layout) unless asked: these tests follow its versions 1 -> 2 -> 3."""
+    store = MaskStore.create(path, NET, "topk", 0.1, version=version)
     sites = [math.prod(s) for s in NET.mask_shapes]
     for index in range(count):
         store.append_task(
@@ -274,6 +275,18 @@ def test_drop_raw_store_takes_new_tasks_and_repacks(tmp_path: Path) -> None:
     restored = reopened.pack(out=tmp_path / "restored.zarr")  # raw rows come back
     assert MaskStore.open(restored.path).header.version == 2
     assert MaskStore.open(restored.path).verify() == []
+
+
+def test_version_4_stores_stay_version_4_packed_either_way(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "s.zarr", count=2, version=4)
+    raw = store.read_packed()
+    store.pack()
+    small = MaskStore.open(store.pack(out=tmp_path / "small.zarr", drop_raw=True).path)
+    restored = MaskStore.open(small.pack(out=tmp_path / "restored.zarr").path)
+    for packed in (MaskStore.open(store.path), small, restored):
+        assert packed.header.version == 4 and packed.header.slot_arrays == ()
+        assert np.array_equal(packed.read_packed(), raw) and packed.verify() == []
+    assert small.header.packed.dropped and not restored.header.packed.dropped
 
 
 @pytest.mark.parametrize("codec", sorted(CODECS))

@@ -256,6 +256,15 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
         (lambda h: h["mask"].update(bits=5), "mask size 5 bits does not match"),
         (lambda h: h["network"].update(arch="resnet"), "unknown architecture 'resnet'"),
         (lambda h: h.update(row_chunk=2017), "invalid row_chunk 2017"),
+        (lambda h: h.update(slots={"mask_counts": "ab" * 32}), "missing 'slots' score_sum"),
+        (lambda h: h.update(version=4, revision=2, rows=2), "missing slots with format version 4"),
+        (
+            lambda h: (
+                h.update(version=2, revision=2, rows=2, packed=SOUND_BLOCKS["packed"])
+                or h["packed"].update(raw="dropped")
+            ),
+            "invalid 'packed' raw 'dropped' with format version 2: must be 'kept'",
+        ),
     ],
 )
 def test_header_refusals_are_one_line_naming_the_field(change: Any, says: str) -> None:
@@ -265,6 +274,21 @@ def test_header_refusals_are_one_line_naming_the_field(change: Any, says: str) -
         StoreHeader.from_attrs(attrs)
     message = str(caught.value)
     assert says in message and "\n" not in message, message
+
+
+def test_version_4_names_the_per_weight_arrays_it_holds() -> None:
+    """Version 4: `slots` is required and names only the arrays held (none, one or both);
+    packed masks may be kept or dropped; versions 1-3 need both digests when `slots` exists."""
+    v4 = sound_header() | {"version": 4, "revision": 2, "rows": 2}
+    for held in ({}, {"score_sum": "ab" * 32}, {"mask_counts": "cd" * 32}):
+        parsed = StoreHeader.from_attrs(v4 | {"slots": held})
+        assert parsed.slot_arrays == tuple(held) and parsed.slot_digest("mask_counts") == (
+            held.get("mask_counts")
+        )
+    packed = json.loads(json.dumps(SOUND_BLOCKS["packed"])) | {"raw": "dropped"}
+    assert StoreHeader.from_attrs(v4 | {"slots": {}, "packed": packed}).packed.dropped
+    both = {"mask_counts": "ab" * 32, "score_sum": "cd" * 32}
+    assert StoreHeader.from_attrs(sound_header() | {"slots": both}).slot_arrays == tuple(both)
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,16 @@ def store(tmp_path: Path) -> MaskStore:
     return MaskStore.create(tmp_path / "s.zarr", NET, "topk", 0.5)
 
 
-def test_append_reopen_and_read_back(store: MaskStore) -> None:
+@pytest.fixture
+def old_layout(tmp_path: Path) -> MaskStore:
+    """Version 1, as earlier releases made stores: mask_counts and score_sum from the start."""
+    return MaskStore.create(tmp_path / "v1.zarr", NET, "topk", 0.5, version=1)
+
+
+@pytest.mark.parametrize("made", ["version 1", "version 4 keeping scores"])
+def test_append_reopen_and_read_back(tmp_path: Path, made: str) -> None:
+    version, keep = (1, False) if made == "version 1" else (4, True)
+    store = MaskStore.create(tmp_path / "s.zarr", NET, "topk", 0.5, keep, version)
     for seed in range(3):
         append(store, seed, f"permuted:{seed}")
     reopened = MaskStore.open(store.path)
@@ -83,7 +92,8 @@ def test_header_and_records_follow_the_json_schema(store: MaskStore) -> None:
     jsonschema.validate(MaskStore.open(store.path).task(0).to_dict(), record_schema)
 
 
-def test_rows_past_the_committed_count_are_ignored(store: MaskStore) -> None:
+def test_rows_past_the_committed_count_are_ignored(old_layout: MaskStore) -> None:
+    store = old_layout
     append(store, 1)
     # what a writer killed before its commit leaves: a row 1 and a scratch counts slot
     group = zarr.open_group(store.path, mode="r+")
@@ -133,7 +143,8 @@ def test_a_damaged_mask_among_many_slabs_is_named(store: MaskStore, monkeypatch)
     assert len(handed_out) == 4
 
 
-def test_counts_that_disagree_are_caught(store: MaskStore) -> None:
+def test_counts_that_disagree_are_caught(old_layout: MaskStore) -> None:
+    store = old_layout
     append(store, 1)
     group = zarr.open_group(store.path, mode="r+")
     group["mask_counts"][1] = 0  # current slot for task_count 1
@@ -245,7 +256,7 @@ def test_stores_with_one_row_per_chunk_still_read_and_grow(
 ) -> None:
     """Stores written before `row_chunk` existed: no such key, one row per chunk, raw masks."""
     monkeypatch.setattr(store_module, "default_row_chunk", lambda net: 1)
-    old = MaskStore.create(tmp_path / "old.zarr", NET, "topk", 0.5)
+    old = MaskStore.create(tmp_path / "old.zarr", NET, "topk", 0.5, version=1)
     append(old, 1)
     monkeypatch.undo()
     group = zarr.open_group(old.path, mode="r")

@@ -25,8 +25,9 @@ def random_bits(seed: int) -> np.ndarray:
 
 
 def small_store(path: Path, tasks: int = 3) -> MaskStore:
-    """A sign-rule store with `tasks` random masks (no training: these tests are about bytes)."""
-    store = MaskStore.create(path, NET, "sign", None)
+    """A sign-rule store with `tasks` random masks (no training: these tests are about bytes),
+    version 1 (the older layout: counts and score sums stored), which a replace makes 2."""
+    store = MaskStore.create(path, NET, "sign", None, version=1)
     for seed in range(tasks):
         store.append_task(
             random_bits(seed),

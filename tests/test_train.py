@@ -68,8 +68,22 @@ def test_loss_falls_and_accuracy_beats_chance() -> None:
     assert result.accuracy > 0.6 and result.mask_bits.mean() == pytest.approx(0.5, abs=1e-3)
 
 
-def test_transfer_starts_from_the_mean_scores(permuted_store: Path) -> None:
-    store = MaskStore.open(permuted_store)
+def test_transfer_starts_from_the_mean_scores(tmp_path: Path) -> None:
+    net = NetConfig("lenet-300-100", 10, 0)
+    store = MaskStore.create(tmp_path / "s.zarr", net, "topk", 0.5, keep_scores=True)
+    scores = [np.random.default_rng(i).standard_normal(net.mask_bits) for i in (0, 1)]
+    for index in range(2):
+        store.append_task(
+            scores[index] > 0,
+            scores[index],
+            data=f"permuted:{index}",
+            classes=range(10),
+            accuracy=None,
+            train={},
+            created="",
+            seconds=None,
+        )
+    np.testing.assert_allclose(store.score_mean(), (scores[0] + scores[1]) / 2, atol=1e-6)
     mean = torch.from_numpy(store.score_mean())
     shapes = store.net.mask_shapes
     start = torch.cat([s.flatten() for s in initial_scores(shapes, 0, mean)])

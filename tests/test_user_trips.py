@@ -49,10 +49,10 @@ def tree(path: Path) -> dict[str, bytes]:
     }
 
 
-def random_store(path: Path, specs: list[str], seed: int = 0) -> Path:
+def random_store(path: Path, specs: list[str], seed: int = 0, version: int = 4) -> Path:
     """Seeded random masks on real specs: evaluable in a second, no training."""
     rng = np.random.default_rng(seed)
-    store = MaskStore.create(path, NET, "topk", 0.5)
+    store = MaskStore.create(path, NET, "topk", 0.5, version=version)
     for spec in specs:
         store.append_task(
             rng.random(NET.mask_bits) < 0.5,
@@ -176,7 +176,8 @@ def test_a_spec_already_in_the_store_is_refused_before_training(
 
 
 def test_eval_reports_the_stores_format_version(tmp_path: Path) -> None:
-    store = random_store(tmp_path / "s.zarr", ["split:0", "split:1"])
+    # an older-layout store: its own version, not the newest this release reads (4)
+    store = random_store(tmp_path / "s.zarr", ["split:0", "split:1"], version=1)
     info = json.loads(run("info", store, "--json").stdout)
     report = run("eval", store, "--images", "20", "--json")
     assert report.exit_code == 0, report.output

@@ -19,7 +19,8 @@ import hashlib
 import math
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from supsup_cli.format.architectures import NetConfig  # noqa: E402
 from supsup_cli.format.rules import kept_count  # noqa: E402
-from supsup_cli.store import MaskStore  # noqa: E402
+from supsup_cli.store import MaskStore, layout  # noqa: E402
 
 PINNED = Path(__file__).with_name("golden.sha256")
 CREATED = "2026-01-01T00:00:00+00:00"
@@ -64,8 +65,10 @@ def append(store: MaskStore, task: int, seed: int, **extra: object) -> None:
     )
 
 
-def lenet(path: Path, tasks: int) -> MaskStore:
-    store = MaskStore.create(path, NetConfig("lenet-300-100", outputs=10, seed=0), "topk", DENSITY)
+def lenet(path: Path, tasks: int, version: int = 1, keep_scores: bool = False) -> MaskStore:
+    """Version 1 (the older layout, both per-weight arrays) unless `version` 4 is asked for."""
+    net = NetConfig("lenet-300-100", outputs=10, seed=0)
+    store = MaskStore.create(path, net, "topk", DENSITY, keep_scores, version)
     for task in range(tasks):
         append(store, task, seed=task)
     return store
@@ -87,13 +90,37 @@ def lenet_packed(path: Path) -> None:
     shutil.rmtree(source.path)
 
 
-def bn(path: Path) -> None:
+def lenet_v4_packed(path: Path) -> None:
+    """Version 4 packed without its raw masks: it stays version 4 (no per-weight arrays)."""
+    source = lenet(path.with_name(path.name + ".source"), 2, version=4)
+    source.pack(codec="range-site-prev", out=path, drop_raw=True)
+    shutil.rmtree(source.path)
+
+
+@contextmanager
+def stored_counts_from(tasks: int) -> Iterator[None]:
+    """Writers start to store mask counts at `tasks` tasks (256 in use): small golden stores."""
+    usual = layout.STORED_COUNTS_TASKS
+    layout.STORED_COUNTS_TASKS = tasks  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        layout.STORED_COUNTS_TASKS = usual  # type: ignore[misc]
+
+
+def bn(path: Path, tasks: int = 2, version: int = 1) -> None:
     """bn-2048-2048: channel masks (4,096 bits) and per-task BatchNorm statistics."""
     net = NetConfig("bn-2048-2048", outputs=10, seed=7)
-    store = MaskStore.create(path, net, "topk", DENSITY)
-    for task in range(2):
+    store = MaskStore.create(path, net, "topk", DENSITY, version=version)
+    for task in range(tasks):
         stats = np.random.default_rng(50 + task).random(net.stats_size).astype(np.float32)
         append(store, task, seed=10 + task, task_stats=stats)
+
+
+def bn_counts(path: Path) -> None:
+    """Version 4 whose counts array a writer made at its second task (as at 256 in use)."""
+    with stored_counts_from(2):
+        bn(path, tasks=3, version=4)
 
 
 GOLDEN: dict[str, Callable[[Path], object]] = {
@@ -102,6 +129,10 @@ GOLDEN: dict[str, Callable[[Path], object]] = {
     "lenet-v2-replaced.zarr": lenet_replaced,
     "lenet-v3-packed.zarr": lenet_packed,
     "bn-2tasks.zarr": bn,
+    "lenet-v4-2tasks.zarr": lambda p: lenet(p, 2, version=4),
+    "lenet-v4-scores.zarr": lambda p: lenet(p, 2, version=4, keep_scores=True),
+    "lenet-v4-packed.zarr": lenet_v4_packed,
+    "bn-v4-counts.zarr": bn_counts,
 }
 
 

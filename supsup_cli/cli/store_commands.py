@@ -94,7 +94,12 @@ BatchSizeOpt = Annotated[
 ]
 BatchesOpt = Annotated[int, typer.Option("--batches", help="Training batches (steps) per task.")]
 TransferOpt = Annotated[
-    bool, typer.Option("--transfer", help="Start from the mean raw scores of the earlier tasks.")
+    bool,
+    typer.Option(
+        "--transfer",
+        help="Start from the mean raw scores of the earlier tasks (the store must keep them: "
+        "made by init --keep-scores or a first train-task --transfer).",
+    ),
 ]
 
 
@@ -130,12 +135,20 @@ def init(
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
     er_scale: ErScaleOpt = None,
+    keep_scores: Annotated[
+        bool,
+        typer.Option(
+            "--keep-scores",
+            help="Sum the tasks' raw scores (4 bytes a weight), so that train-task --transfer "
+            "can start from their mean.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create an empty store (train-task also creates one when the path is new)."""
     options = _creation(arch, outputs, seed, mask_rule, density, er_scale)
     net, rule, kept = options.new_store_settings()
-    created = MaskStore.create(store, net, rule, kept, er_scale)
+    created = MaskStore.create(store, net, rule, kept, er_scale, keep_scores=keep_scores)
     if json_out:
         emit_json({"store": str(store), **created.header.to_attrs()})
     else:

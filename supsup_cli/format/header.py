@@ -25,8 +25,8 @@ from .generator import GENERATOR_NAME
 from .schema import block_problem, header_problem, is_int, record_problem
 
 FORMAT_NAME: Final = "supsup-store"
-FORMAT_VERSION: Final = 3  # the newest version this reads; stores stay 1 until a mask is
-# replaced (then 2) or packed without their raw masks (then 3)
+FORMAT_VERSION: Final = 4  # the newest version this reads and creates (older stores stay 1
+# until a mask is replaced (then 2) or packed without their raw masks (then 3))
 ROW_MAP_VERSION: Final = 2  # version 2: tasks reach their rows through `task_rows` (a replace)
 MAX_TASKS: Final = 1_000_000
 RECORD_BYTES: Final = 4096
@@ -39,6 +39,9 @@ MAX_RECORD_TEXT: Final = 1_000  # characters of a record's `data` and `created`
 MAX_HOPFIELD_BITS: Final = 16_384  # d x d float32 energy: 1 GiB at this limit
 HOPFIELD_RULE: Final = "storkey-v1"
 PACKED_VERSION: Final = 3  # version 3: a version 2 store whose raw mask rows were dropped
+# Version 4: the row map from creation, and mask_counts and score_sum only where `slots` names
+# them (a few tasks' masks are far smaller than 64 bits of per-weight sums a weight).
+LEAN_VERSION: Final = 4
 BLOB_LENGTH_BYTES: Final = 4  # each row of `packed`: uint32 LE blob length, blob, zero padding
 
 
@@ -133,7 +136,8 @@ class StoreHeader:
     rows: int = 0  # version 2: rows of `masks` and `records` in use (task_count or one more)
     log_count: int = 0  # committed rows of the audit log
     packed: PackedState | None = None  # entropy-coded mask rows (`supsup pack`)
-    slots: tuple[str, str] | None = None  # sha256 of the current mask_counts, score_sum rows
+    # sha256 of the current row of each per-weight array the store holds: (name, digest) pairs
+    slots: tuple[tuple[str, str], ...] | None = None
     row_chunk: int = 1  # rows per chunk of masks, records and task_stats (1 before it existed)
     er_scale: float | None = None  # topk: per-site densities by the Erdos-Renyi budget
 
@@ -146,6 +150,18 @@ class StoreHeader:
     def slot(self) -> int:
         """The current row of the double-buffered arrays (mask_counts, score_sum, task_rows)."""
         return self.commit_count % 2
+
+    @property
+    def slot_arrays(self) -> tuple[str, ...]:
+        """The per-weight arrays the store holds: both before version 4, then those `slots`
+        names."""
+        if self.version < LEAN_VERSION:
+            return tuple(SLOT_ARRAYS)
+        return tuple(name for name, _ in self.slots or ())
+
+    def slot_digest(self, name: str) -> str | None:
+        """The committed sha256 of a per-weight array's current row (None: not recorded)."""
+        return dict(self.slots or ()).get(name)
 
     @property
     def row_count(self) -> int:
@@ -180,11 +196,7 @@ class StoreHeader:
             | ({"log_count": self.log_count} if self.log_count else {})
             | ({"row_chunk": self.row_chunk} if self.row_chunk != 1 else {})
             | ({} if self.packed is None else {"packed": self.packed.to_attrs()})
-            | (
-                {}
-                if self.slots is None
-                else {"slots": dict(zip(SLOT_ARRAYS, self.slots, strict=True))}
-            )
+            | ({} if self.slots is None else {"slots": dict(self.slots)})
         )
 
     @classmethod
@@ -269,7 +281,9 @@ class StoreHeader:
             rows,
             attrs.get("log_count", 0),
             packed,
-            slots=None if slots is None else (slots["mask_counts"], slots["score_sum"]),
+            slots=None
+            if slots is None
+            else tuple((name, slots[name]) for name in SLOT_ARRAYS if name in slots),
             row_chunk=row_chunk,
             er_scale=None if er_scale is None else float(er_scale),
         )

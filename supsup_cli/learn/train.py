@@ -319,15 +319,26 @@ class TaskPlan:
 
 
 def plan_task(
-    store_path: Path, options: CreationOptions, spec: str, again: bool = False
+    store_path: Path,
+    options: CreationOptions,
+    spec: str,
+    again: bool = False,
+    transfer: bool = False,
 ) -> TaskPlan:
     """Read the store (or check that one can be made there) without writing anything; a spec
-    the store already holds is refused unless `again`."""
+    the store already holds is refused unless `again`, and `transfer` needs a store that keeps
+    its tasks' score sums."""
     if MaskStore.exists(store_path):
         store = MaskStore.open(store_path, writable=False)
         store.check_compatible(**asdict(options))
         if not again:
             check_new_spec(store, spec)
+        if transfer and not store.keeps_scores:
+            raise ConfigError(
+                f"{store_path}: the store keeps no score sums, which --transfer starts from; "
+                "make stores for it with `supsup init --keep-scores` or a first "
+                "`train-task --transfer`"
+            )
         header = store.header
         return TaskPlan(
             store.net,
@@ -363,11 +374,13 @@ def train_task(
     commit); the other ranks train their shards and return None.
     """
     if group is None:
-        plan = plan_task(store_path, options, spec, again)
+        plan = plan_task(store_path, options, spec, again, config.transfer)
     else:
         from .distributed import share_plan
 
-        plan = share_plan(group, lambda: plan_task(store_path, options, spec, again))
+        plan = share_plan(
+            group, lambda: plan_task(store_path, options, spec, again, config.transfer)
+        )
     data = load_task(spec, data_root, plan.net.shape, skip_bad)
     check_classes(data.classes, plan.net)
     config = replace(config, init_seed=score_init_seed(plan.net.seed, plan.first_index))
@@ -385,7 +398,7 @@ def train_task(
     if group is not None and not group.writes:
         return None
     store, created = MaskStore.open_or_create(
-        store_path, plan.net, plan.rule, plan.density, plan.er_scale
+        store_path, plan.net, plan.rule, plan.density, plan.er_scale, keep_scores=config.transfer
     )
     record = store.append_task(
         result.mask_bits,

@@ -20,8 +20,10 @@ from ..format import codecs
 from ..format.bits import unpack_mask
 from ..format.header import (
     BLOB_LENGTH_BYTES,
+    LEAN_VERSION,
     PACKED_VERSION,
     ROW_MAP_VERSION,
+    SLOT_ARRAYS,
     PackedState,
     StoreHeader,
 )
@@ -34,8 +36,8 @@ from .layout import (
     PACKED_ARRAY,
     PACKED_COMPRESSOR,
     ROW_CHUNKED_ARRAYS,
-    TASK_ROWS_CHUNK,
     copy_source_lock,
+    create_row_table,
     mask_compressors,
     write_lock,
     zarr_store,
@@ -172,10 +174,14 @@ def _check_copy_target(store: StoreReader, target: str) -> None:
 
 
 def _members(store: StoreReader) -> list[tuple[str, zarr.Array | zarr.Group]]:
-    """Every array and group of the store, parents first."""
+    """Every array and group of the store, parents first; of the per-weight arrays, those
+    the header holds (not one a writer killed before its commit left)."""
     with warnings.catch_warnings():  # the lock file is no Zarr node: zarr warns
         warnings.filterwarnings("ignore", "Object at .* is not recognized")
-        return sorted(store.group.members(max_depth=None), key=lambda m: m[0].count("/"))
+        members = store.group.members(max_depth=None)
+    held = store.header.slot_arrays
+    kept = [m for m in members if m[0] not in SLOT_ARRAYS or m[0] in held]
+    return sorted(kept, key=lambda m: m[0].count("/"))
 
 
 def _copy_packed(
@@ -202,17 +208,12 @@ def _copy_packed(
                     raw[row] = mask
         header = replace(store.header, packed=state)
         if state.dropped and header.version == 1:  # version 3 builds on version 2's row map
-            table = dest.create_array(
-                "task_rows",
-                shape=(2, -(-max(1, header.task_count) // TASK_ROWS_CHUNK) * TASK_ROWS_CHUNK),
-                chunks=(1, TASK_ROWS_CHUNK),
-                dtype="uint32",
-                fill_value=0,
-            )
+            table = create_row_table(dest, header.task_count)
             table[header.slot, : header.task_count] = np.arange(header.task_count)
             header = replace(header, revision=header.task_count, rows=header.task_count)
-        version = PACKED_VERSION if state.dropped else min(header.version, ROW_MAP_VERSION)
-        header = replace(header, version=version)
+        if header.version < LEAN_VERSION:  # version 4 holds packed masks either way
+            version = PACKED_VERSION if state.dropped else min(header.version, ROW_MAP_VERSION)
+            header = replace(header, version=version)
         dest.create_array(
             PACKED_ARRAY,
             shape=framed.shape,

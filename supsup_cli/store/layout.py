@@ -54,6 +54,10 @@ PACKED_ARRAY: Final = "packed"
 SUPERSEDED: Final = 1 << 31  # flag in the length word: the raw row was rewritten after packing
 # zstd squeezes out the zero padding of rows shorter than the widest; coded bytes do not compress
 PACKED_COMPRESSOR: Final = zarr.codecs.ZstdCodec(level=0, checksum=False)
+# Version 4 stores hold mask_counts from the commit that brings them this many tasks: counts of
+# k tasks compress to a few bits a weight, small beside the k bits of the masks from here on,
+# and spare one-shot inference a pass over every mask before the first product.
+STORED_COUNTS_TASKS: Final = 256
 
 
 def zarr_store(
@@ -163,10 +167,11 @@ def default_row_chunk(net: NetConfig) -> int:
 
 
 def initialise(path: str, header: StoreHeader) -> None:
-    """Mark the group as being created, write the arrays, then the header last (the commit)."""
+    """Mark the group as being created, write the arrays, then the header last (the commit).
+    Version 4: the per-weight arrays `header.slots` names, and the row map; before: both."""
     group = zarr.create_group(zarr_store(path, True), attributes={CREATING_KEY: True})
     fault_point("create-marked")
-    bits, nbytes, rows = header.mask_bits, header.mask_bytes, header.row_chunk
+    nbytes, rows = header.mask_bytes, header.row_chunk
     group.create_array(
         "masks",
         shape=(0, nbytes),
@@ -181,21 +186,38 @@ def initialise(path: str, header: StoreHeader) -> None:
         dtype="uint8",
         fill_value=0,
     )
-    group.create_array(
-        "mask_counts", shape=(2, bits), chunks=(1, bits), dtype="uint32", fill_value=0
-    )
-    group.create_array(
-        "score_sum", shape=(2, bits), chunks=(1, bits), dtype="float32", fill_value=0
-    )
+    for name in header.slot_arrays:
+        create_slot_array(group, name, header.mask_bits)
+    if header.version >= ROW_MAP_VERSION:
+        create_row_table(group)
     if header.net.stats_size:
         stats = header.net.stats_size
         group.create_array(
             "task_stats", shape=(0, stats), chunks=(rows, stats), dtype="float32", fill_value=0
         )
     fault_point("create-arrays")
-    zeros = [slot_digest(np.zeros(bits), name) for name in SLOT_ARRAYS]  # empty slots
+    zeros = np.zeros(header.mask_bits)  # the empty slots
+    slots = tuple((name, slot_digest(zeros, name)) for name in header.slot_arrays)
     location.confirm_lock(path)
-    group.attrs.put({ATTRIBUTE_KEY: replace(header, slots=(zeros[0], zeros[1])).to_attrs()})
+    group.attrs.put({ATTRIBUTE_KEY: replace(header, slots=slots).to_attrs()})
+
+
+def create_slot_array(group: zarr.Group, name: str, bits: int) -> zarr.Array:
+    """mask_counts or score_sum: two rows of D, the current one and a writer's scratch."""
+    return group.create_array(
+        name, shape=(2, bits), chunks=(1, bits), dtype=np.dtype(SLOT_ARRAYS[name]), fill_value=0
+    )
+
+
+def create_row_table(group: zarr.Group, columns: int = TASK_ROWS_CHUNK) -> zarr.Array:
+    """task_rows: two rows (slots) mapping each task to its row, grown in whole chunks."""
+    return group.create_array(
+        "task_rows",
+        shape=(2, -(-max(1, columns) // TASK_ROWS_CHUNK) * TASK_ROWS_CHUNK),
+        chunks=(1, TASK_ROWS_CHUNK),
+        dtype="uint32",
+        fill_value=0,
+    )
 
 
 def checked_arrays(group: zarr.Group, header: StoreHeader) -> dict[str, zarr.Array]:
@@ -205,9 +227,9 @@ def checked_arrays(group: zarr.Group, header: StoreHeader) -> dict[str, zarr.Arr
     expected = {
         "masks": ("uint8", nbytes, (rows, nbytes)),
         "records": ("uint8", RECORD_BYTES, (rows, RECORD_BYTES)),
-        "mask_counts": ("uint32", bits, (1, bits)),
-        "score_sum": ("float32", bits, (1, bits)),
     }
+    for name in header.slot_arrays:  # version 4: only those the header names
+        expected[name] = (str(np.dtype(SLOT_ARRAYS[name])), bits, (1, bits))
     if header.net.stats_size:
         stats = header.net.stats_size
         expected["task_stats"] = ("float32", stats, (rows, stats))

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..format import codecs
 from ..format.architectures import NetConfig
-from ..format.header import HopfieldState, StoreHeader, TaskRecord
+from ..format.header import LEAN_VERSION, HopfieldState, StoreHeader, TaskRecord
 from ..progress import Progress
 from . import copy, location, verify, writer
 from .reader import StoreReader
@@ -29,10 +29,13 @@ class MaskStore(StoreReader):
         rule: str,
         density: float | None,
         er_scale: float | None = None,
+        keep_scores: bool = False,
+        version: int = LEAN_VERSION,
     ) -> MaskStore:
-        """Create an empty store; refuses to overwrite an existing one."""
+        """Create an empty store (summing its tasks' scores for `--transfer` if `keep_scores`;
+        version 1: the older layout); refuses to overwrite an existing one."""
         path = location.normalise(path)
-        writer.create(path, net, rule, density, er_scale)
+        writer.create(path, net, rule, density, er_scale, keep_scores, version)
         return cls.open(path, writable=True)
 
     @classmethod
@@ -43,6 +46,7 @@ class MaskStore(StoreReader):
         rule: str,
         density: float | None,
         er_scale: float | None = None,
+        keep_scores: bool = False,
     ) -> tuple[MaskStore, bool]:
         """The store at `path`, created if absent, and whether this call created it.
 
@@ -51,7 +55,7 @@ class MaskStore(StoreReader):
         """
         if not cls.exists(path):
             try:
-                return cls.create(path, net, rule, density, er_scale), True
+                return cls.create(path, net, rule, density, er_scale, keep_scores), True
             except Exception:
                 if not cls.exists(path):  # failed for another reason than a faster creator
                     raise
@@ -71,7 +75,7 @@ class MaskStore(StoreReader):
     def append_task(
         self,
         mask_bits: np.ndarray,
-        scores: np.ndarray,
+        scores: np.ndarray | None,
         *,
         data: str,
         classes: Sequence[int],

@@ -28,7 +28,6 @@ from ..format.architectures import NetConfig
 from ..format.bits import unpack_mask
 from ..format.header import (
     BLOB_LENGTH_BYTES,
-    SLOT_ARRAYS,
     StoreHeader,
     TaskRecord,
     hopfield_checksum,
@@ -217,13 +216,21 @@ class StoreReader:
         return unpack_mask(self.read_packed([index])[0], self.header.mask_bits)
 
     def mask_counts(self) -> np.ndarray:
-        """uint32 (D,): how many committed tasks keep each weight (the mean mask times k)."""
-        return self.read_slot("mask_counts")
+        """uint32 (D,): how many committed tasks keep each weight (the mean mask times k): the
+        stored row where the store holds one, else summed from the masks."""
+        if "mask_counts" in self.header.slot_arrays:
+            return self.read_slot("mask_counts")
+        return summed_counts(self)
+
+    @property
+    def keeps_scores(self) -> bool:
+        """Whether the store sums its tasks' raw scores (what `--transfer` starts from)."""
+        return "score_sum" in self.header.slot_arrays
 
     def score_mean(self) -> np.ndarray | None:
         """Mean raw scores (D,) float32 of the committed tasks (for --transfer); None for an
-        empty store."""
-        if self.task_count == 0:
+        empty store or one that keeps no score sums."""
+        if self.task_count == 0 or not self.keeps_scores:
             return None
         return self.read_slot("score_sum") / np.float32(self.task_count)
 
@@ -232,7 +239,7 @@ class StoreReader:
         a damaged row, or one rewritten by two commits since this store was opened, is refused."""
         row = self.arrays[name][self.header.slot]
         if self.header.slots is not None:
-            if slot_digest(row, name) != self.header.slots[list(SLOT_ARRAYS).index(name)]:
+            if slot_digest(row, name) != self.header.slot_digest(name):
                 raise StoreError(
                     f"{self.path}: {name} does not match its sha256 (damaged, or rewritten by "
                     "writers while this was reading; run again)"
@@ -434,3 +441,40 @@ class StoreReader:
                     f"{self.path}: --{name} {value} contradicts the store, made with --{name} "
                     f"{have[name]} (creation options apply to new stores only)"
                 )
+
+
+def summed_counts(store: StoreReader) -> np.ndarray:
+    """uint32 (D,): the store's masks summed block by block (a Hopfield-dropped task's bits
+    from the pattern sum, reader rule R13): its counts where it stores none."""
+    bits = store.header.mask_bits
+    dropped = set(store.dropped_tasks())
+    kept = [task for task in range(store.task_count) if task not in dropped]
+    encoded = set() if not dropped else set(store.header.hopfield.tasks)
+    total = np.zeros(bits, dtype=np.int64)
+    encoded_kept = np.zeros(bits, dtype=np.int64)
+    done = 0
+    for block in store.iter_packed(kept):  # (n, B), checksums checked
+        unpacked = unpack_mask(block, bits)  # (n, D) bool
+        total += unpacked.sum(axis=0)
+        which = [i for i, task in enumerate(kept[done : done + len(block)]) if task in encoded]
+        if which:
+            encoded_kept += unpacked[which].sum(axis=0)
+        done += len(block)
+    if dropped:
+        total += dropped_counts(store, encoded_kept, store.read_hopfield()[1])
+    return total.astype(np.uint32)
+
+
+def dropped_counts(
+    store: StoreReader, encoded_kept: np.ndarray, pattern_sum: np.ndarray
+) -> np.ndarray:
+    """int64 (D,): per weight, the dropped masks that keep it: the Hopfield pattern sum's ones
+    less the kept encoded masks' (`encoded_kept`); refused where no such count exists."""
+    state = store.header.hopfield
+    ones = pattern_sum.astype(np.int64) + len(state.tasks)  # 2 x (ones of the masks)
+    if np.any(ones % 2) or np.any(ones < 0):
+        raise StoreError("the Hopfield pattern sum is not a sum of +-1 patterns")
+    dropped = ones // 2 - encoded_kept
+    if np.any(dropped < 0) or np.any(dropped > len(state.dropped)):
+        raise StoreError("the Hopfield pattern sum disagrees with the kept masks")
+    return dropped

@@ -12,7 +12,7 @@ from ..errors import StoreError
 from ..format import codecs
 from ..format.bits import padding_is_zero, unpack_mask
 from ..format.header import mask_checksum
-from .reader import StoreReader
+from .reader import StoreReader, dropped_counts
 
 VERIFY_ATTEMPTS: Final = 5  # verify runs again when a writer committed during the check
 
@@ -80,13 +80,15 @@ def _verify_once(store: StoreReader) -> list[str]:
         stats = store.read_rows("task_stats", rows)
         if not np.all(np.isfinite(stats)):
             problems.append("task_stats holds non-finite values")
+    held = store.header.slot_arrays  # version 4: counts summed from the masks where not held
     try:
-        if not problems and not np.array_equal(total, store.mask_counts()):
-            problems.append("mask_counts disagree with the sum of the committed masks")
+        if "mask_counts" in held and not problems:
+            if not np.array_equal(total, store.read_slot("mask_counts")):
+                problems.append("mask_counts disagree with the sum of the committed masks")
     except StoreError as error:
         problems.append(str(error))
     try:
-        if not np.all(np.isfinite(store.read_slot("score_sum"))):
+        if "score_sum" in held and not np.all(np.isfinite(store.read_slot("score_sum"))):
             problems.append("score_sum holds non-finite values")
     except StoreError as error:
         problems.append(str(error))
@@ -122,7 +124,6 @@ def _verify_hopfield(
 ) -> np.ndarray:
     """Check Psi (R6, R10, checksum, finite, symmetric) and the pattern sum; return the
     per-weight count of the dropped masks, which the pattern sum determines."""
-    state = store.header.hopfield
     none = np.zeros(store.header.mask_bits, dtype=np.int64)
     try:
         psi, pattern_sum = store.read_hopfield()
@@ -131,12 +132,8 @@ def _verify_hopfield(
         return none
     if not np.all(np.isfinite(psi)) or not np.array_equal(psi, psi.T):
         problems.append("the Hopfield matrix is not finite and symmetric")
-    encoded_ones = pattern_sum.astype(np.int64) + len(state.tasks)  # 2 x (ones of the masks)
-    if np.any(encoded_ones % 2) or np.any(encoded_ones < 0):
-        problems.append("the Hopfield pattern sum is not a sum of +-1 patterns")
+    try:
+        return dropped_counts(store, encoded_kept, pattern_sum)
+    except StoreError as error:
+        problems.append(str(error))
         return none
-    dropped = encoded_ones // 2 - encoded_kept
-    if np.any(dropped < 0) or np.any(dropped > len(state.dropped)):
-        problems.append("the Hopfield pattern sum disagrees with the kept masks")
-        return none
-    return dropped

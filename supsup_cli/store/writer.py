@@ -20,6 +20,7 @@ from ..format.architectures import NetConfig
 from ..format.bits import pack_mask
 from ..format.header import (
     BLOB_LENGTH_BYTES,
+    LEAN_VERSION,
     MAX_LOG_ROWS,
     MAX_TASKS,
     ROW_MAP_VERSION,
@@ -47,12 +48,14 @@ from .layout import (
     ROW_CHUNKED_ARRAYS,
     SUPERSEDED,
     TASK_ROWS_CHUNK,
+    create_row_table,
+    create_slot_array,
     encode_log_row,
     initialise,
     write_lock,
     zarr_store,
 )
-from .reader import StoreReader
+from .reader import StoreReader, summed_counts
 
 
 class Transaction:
@@ -105,17 +108,27 @@ class Transaction:
         task_count: int,
         moved: dict[int, int],
         count_change: np.ndarray,
-        score_change: np.ndarray,
+        score_change: np.ndarray | None,
         log: Sequence[dict[str, Any]] = (),
         row_map: bool = False,
     ) -> None:
-        """Write the next slot of the per-weight statistics (and, with a row map, of task_rows),
-        the log rows, then commit: the slot flips with the commit, so readers never see half."""
+        """Write the next slot of the per-weight arrays the store holds (and, with a row map, of
+        task_rows), the log rows, then commit: the slot flips with the commit, so readers never
+        see half. A version 4 store gains its counts at the commit that brings it
+        STORED_COUNTS_TASKS tasks."""
         store, header = self.store, self.header
         following = 1 - header.slot
-        counts = store.read_slot("mask_counts").astype(np.int64) + count_change  # (D,)
-        store.arrays["mask_counts"][following] = counts.astype(np.uint32)
-        store.arrays["score_sum"][following] = store.read_slot("score_sum") + score_change
+        held = header.slot_arrays
+        if "mask_counts" in held:
+            counts = store.read_slot("mask_counts").astype(np.int64) + count_change  # (D,)
+            store.arrays["mask_counts"][following] = counts.astype(np.uint32)
+        elif task_count >= layout.STORED_COUNTS_TASKS:
+            counts = summed_counts(store).astype(np.int64) + count_change  # (D,)
+            self._new_slot_array("mask_counts")[following] = counts.astype(np.uint32)
+        if "score_sum" in held:
+            if score_change is None:
+                raise StoreMismatchError(f"{store.path}: the store sums scores; none were given")
+            store.arrays["score_sum"][following] = store.read_slot("score_sum") + score_change
         new = replace(header, task_count=task_count, log_count=self.write_log(log))
         if row_map or header.version >= ROW_MAP_VERSION:
             table = np.zeros(task_count, dtype=np.int64)
@@ -131,19 +144,23 @@ class Transaction:
             )
         self.commit_header(new)
 
+    def _new_slot_array(self, name: str) -> zarr.Array:
+        """A per-weight array a version 4 store starts to hold with this commit."""
+        group = self.store.group
+        if name in group:  # left by a writer killed before its commit
+            del group[name]
+        array = create_slot_array(group, name, self.header.mask_bits)
+        self.store.arrays[name] = array
+        return array
+
     def _row_table(self, task_count: int) -> zarr.Array:
-        """The task_rows array: made by the first replace, grown in whole chunks."""
+        """The task_rows array: made by the first replace (version 4: by creation), grown in
+        whole chunks."""
         arrays, group = self.store.arrays, self.store.group
         if "task_rows" not in arrays:
             if "task_rows" in group:  # left by a writer killed before its commit
                 del group["task_rows"]
-            arrays["task_rows"] = group.create_array(
-                "task_rows",
-                shape=(2, TASK_ROWS_CHUNK),
-                chunks=(1, TASK_ROWS_CHUNK),
-                dtype="uint32",
-                fill_value=0,
-            )
+            arrays["task_rows"] = create_row_table(group)
         table = arrays["task_rows"]
         if table.shape[1] < task_count:
             table.resize((2, -(-task_count // TASK_ROWS_CHUNK) * TASK_ROWS_CHUNK))
@@ -199,8 +216,9 @@ class Transaction:
         if header.slots is None or header.commit_count != store.header.commit_count:
             # The slot flips with this commit: digest the rows it makes current (writers build
             # them from the checked current rows, so a damaged row is never blessed here).
-            digests = [slot_digest(store.arrays[n][header.slot], n) for n in SLOT_ARRAYS]
-            header = replace(header, slots=(digests[0], digests[1]))
+            held = [name for name in SLOT_ARRAYS if name in store.arrays]
+            digests = tuple((n, slot_digest(store.arrays[n][header.slot], n)) for n in held)
+            header = replace(header, slots=digests)
         fault_point("before-commit")
         location.confirm_lock(store.path)  # an object-store writer overtaken after its lease stops
         store.group.attrs[ATTRIBUTE_KEY] = header.to_attrs()
@@ -222,13 +240,13 @@ def transaction(path: str, expect: StoreHeader | None = None) -> Iterator[Transa
 
 
 def checked_row(
-    header: StoreHeader, mask_bits: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A task's mask as flat bits and packed, and its (D,) scores as float32, checked to be
-    sized for this network."""
+    header: StoreHeader, mask_bits: np.ndarray, scores: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A task's mask as flat bits and packed, and its (D,) scores as float32 (None: none
+    given), checked to be sized for this network."""
     bits = np.asarray(mask_bits, dtype=bool).ravel()
-    flat = np.asarray(scores, dtype=np.float32).ravel()
-    if bits.size != header.mask_bits or flat.size != header.mask_bits:
+    flat = None if scores is None else np.asarray(scores, dtype=np.float32).ravel()
+    if bits.size != header.mask_bits or (flat is not None and flat.size != header.mask_bits):
         raise StoreMismatchError(
             f"mask has {bits.size} bits, the store's network has {header.mask_bits}"
         )
@@ -238,7 +256,7 @@ def checked_row(
 def append_task(
     store: StoreReader,
     mask_bits: np.ndarray,
-    scores: np.ndarray,
+    scores: np.ndarray | None,
     *,
     record: dict[str, Any],
     task_stats: np.ndarray | None = None,
@@ -246,7 +264,8 @@ def append_task(
     expect: StoreHeader | None = None,
 ) -> tuple[TaskRecord, StoreReader]:
     """Append one task (`record`: its data, classes, accuracy, train, created, seconds) in one
-    transaction; returns its record and the store as committed."""
+    transaction; returns its record and the store as committed. `scores` (the task's raw
+    scores) are needed only by a store that sums them."""
     stats_size = store.header.net.stats_size
     stats = None if task_stats is None else np.asarray(task_stats, dtype=np.float32).ravel()
     if (0 if stats is None else stats.size) != stats_size:
@@ -408,16 +427,31 @@ def drop_masks(store: StoreReader, tasks: Sequence[int]) -> tuple[HopfieldState,
 
 
 def create(
-    path: str, net: NetConfig, rule: str, density: float | None, er_scale: float | None = None
+    path: str,
+    net: NetConfig,
+    rule: str,
+    density: float | None,
+    er_scale: float | None = None,
+    keep_scores: bool = False,
+    version: int = LEAN_VERSION,
 ) -> None:
-    """Create an empty store at a normalised path; refuses to overwrite an existing one."""
+    """Create an empty store at a normalised path; refuses to overwrite an existing one.
+
+    Version 4 holds score sums only with `keep_scores` (what `--transfer` needs) and mask
+    counts only once it has many tasks; version 1 (the older layout) holds both from the start.
+    """
     check_rule(rule, density)
     check_er_scale(rule, er_scale)
+    if version not in (1, LEAN_VERSION):
+        raise StoreError(f"stores are created in version 1 or {LEAN_VERSION}, not {version}")
     if rule == "sign":
         density = None
     header = StoreHeader(
         net, rule, density, 0, row_chunk=layout.default_row_chunk(net), er_scale=er_scale
     )
+    if version == LEAN_VERSION:
+        kept = (("score_sum", ""),) if keep_scores else ()  # digests are made by initialise
+        header = replace(header, version=version, slots=kept)
     if location.is_file(path):
         raise StoreError(f"{path}: exists and is not a directory")
     try:
