@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +126,7 @@ def test_the_erdos_renyi_budget_gives_the_formulas_densities() -> None:
 
 
 def test_the_header_records_the_input_shape_and_old_stores_read_as_28x28() -> None:
-    conv = StoreHeader(NetConfig("resnet18-gem", outputs=100), "topk", 0.5)
+    conv = StoreHeader(NetConfig("resnet18-gem", outputs=100), "topk", 0.5, version=4, slots=())
     attrs = conv.to_attrs()
     assert attrs["network"]["input_shape"] == [3, 32, 32]
     assert attrs["network"]["inputs"] == 3072
@@ -138,9 +137,11 @@ def test_the_header_records_the_input_shape_and_old_stores_read_as_28x28() -> No
     wrong = {**attrs, "network": {**attrs["network"], "inputs": 784}}
     with pytest.raises(StoreError, match="inputs must be 3072"):
         StoreHeader.from_attrs(wrong)
-    mlp = {**old, "network": {**old["network"], "input_shape": [3, 32, 32], "inputs": 3072}}
+    mlp = {**attrs, "network": {**old["network"], "input_shape": [3, 32, 32], "inputs": 3072}}
     with pytest.raises(StoreError, match="takes 1x28x28"):
         StoreHeader.from_attrs(mlp)
+    with pytest.raises(StoreError, match="must be 4"):  # an input shape is a version 4 field
+        StoreHeader.from_attrs(StoreHeader(conv.net, "topk", 0.5).to_attrs())
 
 
 @pytest.mark.parametrize("shape", [(2, 32, 32), (3, 8, 8), (3, 32, 2000), (3, 32)])
@@ -177,9 +178,9 @@ def test_an_er_store_records_its_scale_and_trains_to_the_budget(tmp_path: Path) 
 
 def test_transfer_starts_a_conv_task_from_the_mean_scores(tmp_path: Path) -> None:
     store_path = tmp_path / "transfer.zarr"
-    config = TrainConfig(lr=0.1, batch_size=32, batches=2, optimizer="sgd")
-    train_task(store_path, "split:0", CreationOptions(arch="conv4"), config)
-    outcome = train_task(store_path, "split:1", CreationOptions(), replace(config, transfer=True))
+    config = TrainConfig(lr=0.1, batch_size=32, batches=2, optimizer="sgd", transfer=True)
+    train_task(store_path, "split:0", CreationOptions(arch="conv4"), config)  # keeps score sums
+    outcome = train_task(store_path, "split:1", CreationOptions(), config)
     assert outcome.record.train["transfer"] is True and outcome.record.index == 1
     assert outcome.record.accuracy is not None and outcome.record.accuracy > 0.6
 

@@ -59,7 +59,9 @@ def old_layout(tmp_path: Path) -> MaskStore:
 @pytest.mark.parametrize("made", ["version 1", "version 4 keeping scores"])
 def test_append_reopen_and_read_back(tmp_path: Path, made: str) -> None:
     version, keep = (1, False) if made == "version 1" else (4, True)
-    store = MaskStore.create(tmp_path / "s.zarr", NET, "topk", 0.5, keep, version)
+    store = MaskStore.create(
+        tmp_path / "s.zarr", NET, "topk", 0.5, keep_scores=keep, version=version
+    )
     for seed in range(3):
         append(store, seed, f"permuted:{seed}")
     reopened = MaskStore.open(store.path)

@@ -68,7 +68,7 @@ def append(store: MaskStore, task: int, seed: int, **extra: object) -> None:
 def lenet(path: Path, tasks: int, version: int = 1, keep_scores: bool = False) -> MaskStore:
     """Version 1 (the older layout, both per-weight arrays) unless `version` 4 is asked for."""
     net = NetConfig("lenet-300-100", outputs=10, seed=0)
-    store = MaskStore.create(path, net, "topk", DENSITY, keep_scores, version)
+    store = MaskStore.create(path, net, "topk", DENSITY, keep_scores=keep_scores, version=version)
     for task in range(tasks):
         append(store, task, seed=task)
     return store

@@ -148,7 +148,7 @@ def init(
     """Create an empty store (train-task also creates one when the path is new)."""
     options = _creation(arch, outputs, seed, mask_rule, density, er_scale)
     net, rule, kept = options.new_store_settings()
-    created = MaskStore.create(store, net, rule, kept, er_scale, keep_scores=keep_scores)
+    created = MaskStore.create(store, net, rule, kept, er_scale=er_scale, keep_scores=keep_scores)
     if json_out:
         emit_json({"store": str(store), **created.header.to_attrs()})
     else:

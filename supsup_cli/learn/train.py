@@ -398,7 +398,12 @@ def train_task(
     if group is not None and not group.writes:
         return None
     store, created = MaskStore.open_or_create(
-        store_path, plan.net, plan.rule, plan.density, plan.er_scale, keep_scores=config.transfer
+        store_path,
+        plan.net,
+        plan.rule,
+        plan.density,
+        er_scale=plan.er_scale,
+        keep_scores=config.transfer,
     )
     record = store.append_task(
         result.mask_bits,

@@ -28,6 +28,7 @@ class MaskStore(StoreReader):
         net: NetConfig,
         rule: str,
         density: float | None,
+        *,
         er_scale: float | None = None,
         keep_scores: bool = False,
         version: int = LEAN_VERSION,
@@ -35,7 +36,9 @@ class MaskStore(StoreReader):
         """Create an empty store (summing its tasks' scores for `--transfer` if `keep_scores`;
         version 1: the older layout); refuses to overwrite an existing one."""
         path = location.normalise(path)
-        writer.create(path, net, rule, density, er_scale, keep_scores, version)
+        writer.create(
+            path, net, rule, density, er_scale=er_scale, keep_scores=keep_scores, version=version
+        )
         return cls.open(path, writable=True)
 
     @classmethod
@@ -45,6 +48,7 @@ class MaskStore(StoreReader):
         net: NetConfig,
         rule: str,
         density: float | None,
+        *,
         er_scale: float | None = None,
         keep_scores: bool = False,
     ) -> tuple[MaskStore, bool]:
@@ -55,7 +59,10 @@ class MaskStore(StoreReader):
         """
         if not cls.exists(path):
             try:
-                return cls.create(path, net, rule, density, er_scale, keep_scores), True
+                created = cls.create(
+                    path, net, rule, density, er_scale=er_scale, keep_scores=keep_scores
+                )
+                return created, True
             except Exception:
                 if not cls.exists(path):  # failed for another reason than a faster creator
                     raise

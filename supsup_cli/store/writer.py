@@ -431,6 +431,7 @@ def create(
     net: NetConfig,
     rule: str,
     density: float | None,
+    *,
     er_scale: float | None = None,
     keep_scores: bool = False,
     version: int = LEAN_VERSION,
