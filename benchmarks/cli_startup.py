@@ -20,6 +20,16 @@ import time
 from pathlib import Path
 
 GOAL = 1.6
+# The least any typer command costs: typer checks every parameter's value through pydantic at
+# run time (typer 0.29), an import that `import typer` alone does not pay.
+TYPER_FLOOR = (
+    "import typer, zarr, rich\n"
+    "app = typer.Typer()\n"
+    "@app.command()\n"
+    "def show(store: str, json_out: bool = False) -> None:\n"
+    "    pass\n"
+    "app()"
+)
 FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "previous-release" / "lenet.zarr"
 
 
@@ -51,6 +61,7 @@ def main() -> None:
                 "-c",
                 "import zarr, typer, rich",
             ],
+            "floor: a one-command typer app": [sys.executable, "-c", TYPER_FLOOR, "x"],
             "supsup --help": [*supsup, "--help"],
             "supsup info STORE": [*supsup, "info", str(store)],
             "supsup verify STORE": [*supsup, "verify", str(store)],

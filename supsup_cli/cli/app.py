@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
@@ -23,6 +22,7 @@ from ..progress import Progress
 
 if TYPE_CHECKING:
     import torch
+    from rich.console import Console
 
 
 def _plain_flags(params: list[Any]) -> list[Any]:
@@ -59,7 +59,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, highlight=False)
+
+
+class _StderrConsole:
+    """rich's Console on stderr, made at first use: importing rich.console costs about 45 ms,
+    which a command that prints nothing on stderr (`verify`, `info --json`) need not pay."""
+
+    @functools.cached_property
+    def _console(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._console, name)
+
+
+console = _StderrConsole()
 # Widest table rendered when stdout is no terminal (rich would fold lines at 80 columns there,
 # which breaks `grep` and `cut` in scripts); tables keep their natural width below it.
 PIPE_WIDTH: Final = 1000
@@ -67,6 +83,8 @@ PIPE_WIDTH: Final = 1000
 
 def stdout_console() -> Console:
     """Human-readable results on stdout: the terminal's width, or unfolded lines in a pipe."""
+    from rich.console import Console
+
     return Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import constriction
 import numpy as np
+
+if TYPE_CHECKING:
+    import constriction
 
 from ..errors import ConfigError, StoreError
 from ..progress import Progress
@@ -94,6 +96,8 @@ def get_codec(name: str) -> Codec:
 
 
 def _model(ones: int, size: int) -> constriction.stream.model.Bernoulli:
+    import constriction  # here: only packing and packed stores need the coder
+
     # perfect=False fixes constriction's fast quantisation of p: part of the blob format.
     return constriction.stream.model.Bernoulli(ones / size, perfect=False)
 
@@ -106,6 +110,8 @@ def encode_mask(
     previous = _previous_or_zeros(codec, previous, bits.size)
     groups = codec.groups(site_sizes, previous)
     counts = np.array([int(bits[g].sum()) for g, _ in groups], dtype="<u4")  # (groups,)
+    import constriction
+
     encoder = constriction.stream.queue.RangeEncoder()
     for (positions, size), ones in zip(groups, counts, strict=True):
         if 0 < ones < size:
@@ -127,6 +133,8 @@ def decode_mask(
     counts = np.frombuffer(blob, dtype="<u4", count=len(groups))  # (groups,)
     words = np.frombuffer(blob, dtype="<u4", offset=header).astype(np.uint32)  # (words,)
     bits = np.zeros(mask_bits, dtype=bool)
+    import constriction
+
     decoder = constriction.stream.queue.RangeDecoder(words)
     for (positions, size), ones in zip(groups, counts, strict=True):
         if ones > size:
