@@ -3,8 +3,7 @@ of every registered network are data in format/architectures.py; this builds the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
@@ -14,8 +13,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..format.architectures import ARCHITECTURES, NetConfig
-from ..model.weights import signed_kaiming_constant
 from .convnets import MaskedConvNet, MaskedResNet
+from .task_norms import TaskNorms, WithTaskNorms
+from .weights import signed_kaiming_constant
 
 
 class MaskedLinear(nn.Module):
@@ -72,14 +72,11 @@ class FixedLinear(nn.Module):
         return F.linear(x, self.weight)
 
 
-class MaskedBNMLP(nn.Module):
+class MaskedBNMLP(WithTaskNorms):
     """784 -> hidden... -> outputs, all weights fixed and unmasked; the masks select the channels of
     non-affine BatchNorms (one site per hidden layer), Swish after each. Masking channels rather
     than weights keeps d small enough for a d x d Hopfield energy. Running statistics are per task.
     """
-
-    momentum: float = 0.1
-    eps: float = 1e-5
 
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
@@ -90,47 +87,7 @@ class MaskedBNMLP(nn.Module):
             FixedLinear(signed_kaiming_constant(config.seed, index, shape))
             for index, shape in enumerate(shapes)
         )
-        for index, width in enumerate(self.hidden):
-            self.register_buffer(f"running_mean_{index}", torch.zeros(width))
-            self.register_buffer(f"running_var_{index}", torch.ones(width))
-        self._batch_statistics = False
-
-    def _running(self) -> list[torch.Tensor]:
-        """Running means then variances of each layer, in layer order (the stored layout)."""
-        return [
-            getattr(self, f"running_{kind}_{index}")
-            for index in range(len(self.hidden))
-            for kind in ("mean", "var")
-        ]
-
-    def reset_task_stats(self) -> None:
-        for index in range(len(self.hidden)):
-            getattr(self, f"running_mean_{index}").zero_()
-            getattr(self, f"running_var_{index}").fill_(1.0)
-
-    def task_stats(self) -> torch.Tensor:
-        """(stats_size,) float32 CPU: per layer, the running means then the running variances."""
-        return torch.cat([buffer.detach().float().cpu() for buffer in self._running()])
-
-    def load_task_stats(self, stats: torch.Tensor | np.ndarray) -> None:
-        flat = torch.as_tensor(stats).reshape(-1)
-        if flat.numel() != self.config.stats_size:
-            raise ConfigError(
-                f"{flat.numel()} statistics given; {self.config.arch} keeps "
-                f"{self.config.stats_size} per task"
-            )
-        buffers = self._running()
-        for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
-            buffer.copy_(part)
-
-    @contextmanager
-    def batch_statistics(self) -> Iterator[None]:
-        """Normalise by each batch's own statistics (task unknown); running statistics untouched."""
-        previous, self._batch_statistics = self._batch_statistics, True
-        try:
-            yield
-        finally:
-            self._batch_statistics = previous
+        self.norms = TaskNorms(self.hidden)
 
     def forward(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(masks) != len(self.hidden):
@@ -139,18 +96,7 @@ class MaskedBNMLP(nn.Module):
             )
         x = x.flatten(1)  # (n, 784)
         for index, mask in enumerate(masks):
-            x = self.linears[index](x)  # (n, width)
-            if self._batch_statistics:
-                x = F.batch_norm(x, None, None, training=True, eps=self.eps)
-            else:
-                x = F.batch_norm(
-                    x,
-                    getattr(self, f"running_mean_{index}"),
-                    getattr(self, f"running_var_{index}"),
-                    training=self.training,
-                    momentum=self.momentum,
-                    eps=self.eps,
-                )
+            x = self.norms(index, self.linears[index](x))  # (n, width)
             x = F.silu(x * mask)  # (n, width); mask (width,) selects channels
         return self.linears[-1](x)  # (n, outputs)
 

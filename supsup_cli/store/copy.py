@@ -34,7 +34,6 @@ from .layout import (
     ATTRIBUTE_KEY,
     CREATING_KEY,
     PACKED_ARRAY,
-    PACKED_COMPRESSOR,
     ROW_CHUNKED_ARRAYS,
     copy_source_lock,
     create_row_table,
@@ -214,14 +213,7 @@ def _copy_packed(
         if header.version < LEAN_VERSION:  # version 4 holds packed masks either way
             version = PACKED_VERSION if state.dropped else min(header.version, ROW_MAP_VERSION)
             header = replace(header, version=version)
-        dest.create_array(
-            PACKED_ARRAY,
-            shape=framed.shape,
-            chunks=(1, state.width),
-            dtype="uint8",
-            fill_value=0,
-            compressors=PACKED_COMPRESSOR,
-        )[...] = framed
+        layout.write_packed_array(dest, framed)
         _commit_copy(store, dest, target, header, source_locked)
 
 

@@ -329,3 +329,17 @@ def checked_hopfield_arrays(
             raise StoreError(f"Hopfield array '{name}/{key}' must be {dtype} {shape}, one chunk")
         arrays.append(checked_codecs(array, f"{name}/{key}", group))
     return arrays[0], arrays[1]
+
+
+def write_packed_array(group: zarr.Group, framed: np.ndarray) -> None:
+    """The `packed` array of a group: one framed blob per row (length word, blob, zero padding)."""
+    array = group.create_array(
+        PACKED_ARRAY,
+        shape=framed.shape,
+        chunks=(1, framed.shape[1]),
+        dtype="uint8",
+        fill_value=0,
+        compressors=PACKED_COMPRESSOR,
+    )
+    if framed.size:
+        array[...] = framed

@@ -44,7 +44,6 @@ from .layout import (
     LOG_BYTES,
     LOG_CHUNK_ROWS,
     PACKED_ARRAY,
-    PACKED_COMPRESSOR,
     ROW_CHUNKED_ARRAYS,
     SUPERSEDED,
     TASK_ROWS_CHUNK,
@@ -198,16 +197,7 @@ class Transaction:
         self.commit_header(replace(self.header, packed=None))
         if PACKED_ARRAY in group:
             del group[PACKED_ARRAY]
-        array = group.create_array(
-            PACKED_ARRAY,
-            shape=framed.shape,
-            chunks=(1, state.width),
-            dtype="uint8",
-            fill_value=0,
-            compressors=PACKED_COMPRESSOR,
-        )
-        if framed.size:
-            array[...] = framed
+        layout.write_packed_array(group, framed)
         self.commit_header(replace(self.header, packed=state))
 
     def commit_header(self, header: StoreHeader) -> None:
