@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -199,9 +200,9 @@ def test_help_explains_every_option() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["infer", "s.zarr", "--method", "hopfield", "--data", "split:0", "--steps", "0"],
-         "error: Invalid value for '--steps': Input should be greater than or equal to 1 "
-         "(see supsup infer --help)"),
+        (["infer", "s.zarr", "--method", "hopfield", "--data", "split:0", "--steps", "0"],  # the
+         # range's wording is typer's (it changed in typer 0.29): ours is the frame around it
+         "error: Invalid value for '--steps': .*1.* (see supsup infer --help)"),
         (["train-task"], "error: Missing argument 'store'. (see supsup train-task --help)"),
         (["bogus"], "error: No such command 'bogus'. (see supsup --help)"),
         (["info", "s.zarr", "--nope"], "error: No such option: --nope (see supsup info --help)"),
@@ -219,5 +220,6 @@ def test_a_bad_command_line_is_one_line_and_exit_2(argv: list[str], message: str
         [sys.executable, "-m", "supsup_cli", *argv], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2
-    assert done.stderr.strip().replace("python -m supsup_cli", "supsup") == message
+    pattern = re.escape(message).replace(re.escape(".*"), ".*")
+    assert re.fullmatch(pattern, done.stderr.strip().replace("python -m supsup_cli", "supsup"))
     assert done.stdout == ""

@@ -97,3 +97,50 @@ def test_commands_without_network_import_no_torch(command: list[str], tmp_path: 
     assert "supsup_cli.store" in modules or command == ["--help"]
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
     assert not {m for m in modules if m.startswith(("supsup_cli.model", "supsup_cli.kernels"))}
+
+
+def loaded_modules(*args: str) -> set[str]:
+    """Every module a CLI call has loaded when it ends (`importlib.import_module`, which loads
+    the command modules, bypasses `-X importtime`'s log)."""
+    script = (
+        "import json, sys\n"
+        "from supsup_cli.cli import main\n"
+        "sys.argv = ['supsup', *sys.argv[1:]]\n"
+        "try:\n    main()\n"
+        "except SystemExit as end:\n    assert end.code == 0, end.code\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(json.loads(done.stderr.splitlines()[-1]))
+
+
+def test_a_command_loads_only_what_it_runs(tmp_path: Path) -> None:
+    """`info` (called once per task from shell loops) builds its own commands, not all twenty,
+    and reads without the lock or the copy code; `--help` opens no store, so loads no zarr."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(FIXTURE, store)
+    modules = loaded_modules("info", str(store))
+    commands = {m.rsplit(".", 1)[1] for m in modules if m.startswith("supsup_cli.cli.")}
+    assert "store_commands" in commands
+    assert not commands & {"infer_commands", "pack_commands", "masks_commands", "plot_commands"}
+    assert not {"filelock", "supsup_cli.store.copy"} & modules
+    help_modules = loaded_modules("--help")
+    assert "supsup_cli.cli.plot_commands" in help_modules  # the help lists every command
+    assert "zarr" not in help_modules
+
+
+def test_the_command_table_names_each_command_s_module() -> None:
+    """The table `main` loads from is the registration itself: no command missing or misplaced."""
+    from supsup_cli.cli import COMMAND_MODULES, load_commands
+
+    app = load_commands()
+    where = {info.name: info.callback.__module__ for info in app.registered_commands}
+    for group in app.registered_groups:
+        sub = group.typer_instance
+        modules = {info.callback.__module__ for info in sub.registered_commands}
+        assert len(modules) == 1
+        where[sub.info.name] = modules.pop()
+    assert where == {name: f"supsup_cli.cli.{module}" for name, module in COMMAND_MODULES.items()}

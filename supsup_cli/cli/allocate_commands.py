@@ -11,8 +11,7 @@ from ..format.rules import MASK_RULES
 from ..learn.choices import DEFAULT_ALLOCATE_OUTPUTS as DEFAULT_OUTPUTS
 from ..learn.choices import DEFAULT_ALLOCATE_RULE as DEFAULT_RULE
 from ..learn.choices import DEFAULT_BUDGET, DEFAULT_EPSILON, OBJECTIVES
-from ..store import MaskStore
-from .app import (
+from .root import (
     DataRootOpt,
     DeviceOpt,
     JsonOpt,
@@ -28,6 +27,7 @@ from .app import (
 
 if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
     from ..learn.allocate_config import AuditRow, StreamOutcome
+    from ..store import MaskStore
 
 BUDGET_EXIT: Final = 3  # the budget of masks stopped the run (documented in the help)
 

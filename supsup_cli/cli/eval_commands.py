@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..learn.choices import METHODS, OBJECTIVES, SCENARIOS
-from .app import emit_json, progress_bar, resolve_device, stdout_console
+from .root import emit_json, progress_bar, resolve_device, stdout_console
 
 if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
     from ..learn.evaluation import EvalReport, EvalSettings

@@ -12,8 +12,7 @@ import typer
 
 from ..errors import ConfigError
 from ..learn.choices import MAX_STARTS
-from ..store import MaskStore
-from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, say
+from .root import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, say
 
 if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
     from ..learn.hopfield import BatchRecovery, RecoveryConfig, SpecRecovery
@@ -162,6 +161,8 @@ def run_infer(
             )
         _render_specs(store, results, config, json_out)
         return
+    from ..store import MaskStore
+
     images = read_inputs(
         source,
         MaskStore.open(store).net.shape,

@@ -18,8 +18,9 @@ from ..learn.choices import (
     METHODS,
     OBJECTIVES,
 )
-from ..store import MaskStore
-from .app import (
+from .hopfield_commands import HOPFIELD_HELP, HOPFIELD_METHOD, GammaOpt, StartsOpt, StepsOpt
+from .hopfield_commands import run_infer as run_hopfield_infer
+from .root import (
     DataRootOpt,
     DeviceOpt,
     JsonOpt,
@@ -31,8 +32,6 @@ from .app import (
     resolve_device,
     say,
 )
-from .hopfield_commands import HOPFIELD_HELP, HOPFIELD_METHOD, GammaOpt, StartsOpt, StepsOpt
-from .hopfield_commands import run_infer as run_hopfield_infer
 
 if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
     from ..learn.taskid import SpecScore
@@ -167,6 +166,8 @@ def infer(
             json_out=json_out,
         )
         return
+    from ..store import MaskStore
+
     opened, target = MaskStore.open(store), resolve_device(device)
     if per is None:  # files may mix tasks; an array or data spec is one batch; BatchNorm stores
         # normalise by a batch's statistics and cannot answer an image alone

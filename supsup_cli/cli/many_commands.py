@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .app import (
+from .root import (
     DataRootOpt,
     JsonOpt,
     QuietOpt,

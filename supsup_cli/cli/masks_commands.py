@@ -11,8 +11,7 @@ import typer
 
 from ..errors import ConfigError
 from ..learn.choices import MERGE_RULES
-from ..store import MaskStore
-from .app import FlagGroup, JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
+from .root import FlagGroup, JsonOpt, StoreArg, app, command, emit_json, say, stdout_console
 
 masks = typer.Typer(
     name="masks",
@@ -55,6 +54,8 @@ def overlap(
 
     if csv_out and json_out:
         raise ConfigError("choose one of --csv and --json")
+    from ..store import MaskStore
+
     result = mask_overlap(MaskStore.open(store), None if tasks is None else parse_tasks(tasks))
     jaccard, hamming = result.jaccard, result.hamming
     if json_out:

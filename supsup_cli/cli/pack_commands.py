@@ -8,8 +8,7 @@ import typer
 
 from ..errors import ConfigError
 from ..format.codecs import AUTO, CODECS, DEFAULT_CODEC
-from ..store import MaskStore
-from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, stdout_console
+from .root import JsonOpt, QuietOpt, StoreArg, command, emit_json, progress_bar, stdout_console
 
 REFERENCE_FP32_BITS = 32  # the reference implementation stacks fp32 masks
 
@@ -47,6 +46,8 @@ def pack_command(
 ) -> None:
     """Entropy-code every mask near the information bound; print bits/weight vs H2(density)."""
     from rich.table import Table
+
+    from ..store import MaskStore
 
     opened = MaskStore.open(store, writable=out is None)
     if not opened.task_count:

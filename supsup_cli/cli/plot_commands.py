@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..learn.choices import PLOT_FORMATS as FORMATS
-from .app import JsonOpt, QuietOpt, StoreArg, command, emit_json, say
+from .root import JsonOpt, QuietOpt, StoreArg, command, emit_json, say
 
 
 @command("plot")

@@ -10,21 +10,7 @@ from rich.markup import escape
 
 from ..errors import ConfigError, StoreError, StoreNotFoundError
 from ..format.rules import MASK_RULES
-from ..store import MaskStore
 from .allocate_commands import show_log
-from .app import (
-    DataRootOpt,
-    DeviceOpt,
-    JsonOpt,
-    QuietOpt,
-    StoreArg,
-    command,
-    emit_json,
-    progress_bar,
-    resolve_device,
-    say,
-    stdout_console,
-)
 from .eval_commands import (
     BatchOpt,
     CheckpointsOpt,
@@ -37,6 +23,19 @@ from .eval_commands import (
     evaluate_many,
 )
 from .hopfield_commands import hopfield_line
+from .root import (
+    DataRootOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    StoreArg,
+    command,
+    emit_json,
+    progress_bar,
+    resolve_device,
+    say,
+    stdout_console,
+)
 
 if TYPE_CHECKING:  # types only: the modules load inside the commands that use them
     from ..learn.train import CreationOptions
@@ -148,6 +147,8 @@ def init(
     """Create an empty store (train-task also creates one when the path is new)."""
     options = _creation(arch, outputs, seed, mask_rule, density, er_scale)
     net, rule, kept = options.new_store_settings()
+    from ..store import MaskStore
+
     created = MaskStore.create(store, net, rule, kept, er_scale=er_scale, keep_scores=keep_scores)
     if json_out:
         emit_json({"store": str(store), **created.header.to_attrs()})
@@ -379,6 +380,8 @@ def info(
     """What a store holds: seed, network, mask rule, tasks and bytes."""
     from rich.table import Table
 
+    from ..store import MaskStore
+
     opened = MaskStore.open(store)
     if log:
         show_log(opened, json_out)
@@ -445,6 +448,8 @@ def info(
 @command("verify")
 def verify(store: StoreArg, json_out: JsonOpt = False) -> None:
     """Check what the format spec says a reader MUST check: exit 0 if sound, 1 if not."""
+    from ..store import MaskStore
+
     try:
         problems = MaskStore.open(store).verify()
     except StoreNotFoundError:
@@ -484,6 +489,8 @@ def copy_store(
     while it is read (writers wait); a source that cannot be locked (read-only folder or bucket,
     http:// URL) is read without the lock and the copy fails if a writer committed meanwhile.
     The copy is verified before the command succeeds."""
+    from ..store import MaskStore
+
     source = MaskStore.open(store)
     before = source.header.row_chunk
     with progress_bar("copying (%)", 100, quiet) as advance:

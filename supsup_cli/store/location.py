@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import fsspec
-from filelock import FileLock, Timeout
 from zarr.abc.store import ByteRequest, RangeByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
@@ -291,6 +290,8 @@ def write_lock(location: str, name: str, timeout: float) -> Iterator[None]:
         with _object_lock(location, name, timeout):
             yield
         return
+    from filelock import FileLock, Timeout  # here: readers (info, verify) never take the lock
+
     marker = Path(location) / WRITING_MARKER
     legacy = os.path.join(location, name)  # where releases before this one kept the lock
     with ExitStack() as held:

@@ -14,7 +14,7 @@ from ..format import codecs
 from ..format.architectures import NetConfig
 from ..format.header import LEAN_VERSION, HopfieldState, StoreHeader, TaskRecord
 from ..progress import Progress
-from . import copy, location, verify, writer
+from . import location, verify, writer
 from .reader import StoreReader
 
 
@@ -169,6 +169,8 @@ class MaskStore(StoreReader):
         progress: Progress | None = None,
     ) -> codecs.PackReport:
         """Range-code every mask, in place or into a new store at `out` (copy.pack)."""
+        from . import copy  # here: only the commands that copy or pack load it
+
         report = copy.pack(self, codec, out, drop_raw, progress)
         if out is None:
             self.adopt(StoreReader.open(self.path, writable=True))
@@ -176,5 +178,7 @@ class MaskStore(StoreReader):
 
     def copy_to(self, target: str | Path, progress: Progress | None = None) -> MaskStore:
         """This store, whole, at a new path or URL, verified (copy.copy_to)."""
+        from . import copy
+
         copied = copy.copy_to(self, target, progress)
         return MaskStore(copied.path, copied.group, copied.header)

@@ -1,4 +1,4 @@
-"""The Typer app, shared option types and the error boundary of every command."""
+"""The root Typer app, shared option types and the error boundary of every command."""
 
 from __future__ import annotations
 
