@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Final
 
 GOAL = 1.6
 # The least any typer command costs: typer checks every parameter's value through pydantic at
@@ -39,9 +41,14 @@ def supsup_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "supsup_cli"]
 
 
+# As a user runs it: Python's bytecode cached after the first call (pip writes it at install;
+# an editable install on the first run), even where the shell sets PYTHONDONTWRITEBYTECODE.
+ENV: Final = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def wall_seconds(argv: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=ENV)
     return time.perf_counter() - started
 
 
@@ -67,7 +74,7 @@ def main() -> None:
             "supsup verify STORE": [*supsup, "verify", str(store)],
             "reference: import torch": [sys.executable, "-c", "import torch"],
         }
-        for argv in commands.values():  # warm the page cache: cold means a new process
+        for argv in commands.values():  # warm the page and bytecode caches: cold = new process
             wall_seconds(argv)
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeats):
