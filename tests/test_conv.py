@@ -1,7 +1,7 @@
 """Convolutional supermask networks: masked convolutions equal dense ones with the masked weights,
 the fixed weights follow the generator with fan-in in*kh*kw, per-task BatchNorm statistics are a
-task's own and never change once committed, the Erdos-Renyi budget, and input shapes in the
-header (older stores read as 1x28x28)."""
+task's own and never change once committed, the one-shot superposition mixes every site by α,
+the Erdos-Renyi budget, and input shapes in the header (older stores read as 1x28x28)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from supsup_cli.format.generator import signed_constant
 from supsup_cli.format.header import StoreHeader
 from supsup_cli.format.rules import er_densities
 from supsup_cli.learn.data import TaskData
+from supsup_cli.learn.objectives import entropy
+from supsup_cli.learn.taskid import alpha_gradient
 from supsup_cli.learn.train import (
     CreationOptions,
     TrainConfig,
@@ -226,3 +228,30 @@ def test_epochs_set_the_steps_and_progress_reports_loss_and_accuracy() -> None:
     )
     assert [r[:2] for r in reports] == [(step, 6) for step in range(1, 7)]
     assert reports[-1][2].startswith("epoch 3: loss ") and "train accuracy" in reports[-1][2]
+
+
+def test_conv_one_shot_equals_autograd_through_alpha_at_every_site() -> None:
+    """One-shot for conv4: each site's weights are W ⊙ Σ αᵢ Mᵢ (convolutions and linear layers
+    alike), BatchNorm by the batch's own statistics; the packed scores equal ∂H/∂α written out
+    with torch's own layers."""
+    config = NetConfig("conv4", outputs=10, seed=4)
+    net = build_net(config)
+    generator = torch.Generator().manual_seed(1)
+    bits = (torch.rand(3, config.mask_bits, generator=generator) < 0.5).numpy()
+    x = torch.randn(12, 1, 28, 28, generator=generator)
+    alphas = torch.full((3,), 1 / 3, requires_grad=True)
+    sizes = [math.prod(s) for s in config.mask_shapes]
+    rows = torch.from_numpy(bits).float().split(sizes, dim=1)
+    mixed = [(alphas @ r).view(s) for r, s in zip(rows, config.mask_shapes, strict=True)]
+    y = x
+    for site in range(4):
+        y = nn.functional.conv2d(y, net.weight(site) * mixed[site], padding=1)
+        y = torch.relu(nn.functional.batch_norm(y, None, None, training=True, eps=1e-5))
+        if site % 2 == 1:
+            y = nn.functional.max_pool2d(y, 2)
+    y = torch.relu(y.flatten(1) @ (net.weight(4) * mixed[4]).T) @ (net.weight(5) * mixed[5]).T
+    (expected,) = torch.autograd.grad(entropy(y).mean(), alphas)
+    got = alpha_gradient(net, np.packbits(bits, axis=1), x.flatten(1))
+    scale = float(expected.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * scale)
