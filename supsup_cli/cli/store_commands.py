@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ..errors import ConfigError, StoreError, StoreNotFoundError
 from ..format.rules import MASK_RULES
+from ..learn.choices import DEFAULT_PRECISION, PRECISIONS
 from ..store import MaskStore
 from .allocate_commands import show_log
 from .app import (
@@ -101,7 +102,15 @@ TransferOpt = Annotated[
         "made by init --keep-scores or a first train-task --transfer).",
     ),
 ]
-
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Arithmetic of training: "
+        + "; ".join(f"{name}: {text}" for name, text in PRECISIONS.items())
+        + ". The mask and the statistics are stored alike either way.",
+    ),
+]
 
 ErScaleOpt = Annotated[
     float | None,
@@ -187,6 +196,7 @@ def train_task_command(
     batch_size: BatchSizeOpt = 128,
     batches: BatchesOpt = 1000,
     transfer: TransferOpt = False,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
     again: Annotated[
         bool,
         typer.Option(
@@ -235,6 +245,7 @@ def train_task_command(
         optimizer=optimizer,
         epochs=epochs,
         schedule=schedule,
+        precision=precision,
     )
     creation = _creation(arch, outputs, seed, mask_rule, density, er_scale)
     rank, chosen = rank_from_env(), resolve_device(device)
