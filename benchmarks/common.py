@@ -36,6 +36,7 @@ def train_sequence(
     creation: CreationOptions,
     config: TrainConfig,
     data_root: Path | None = None,
+    device: str = "cpu",
 ) -> float:
     """Train the specs that the store does not hold yet, in order; returns seconds spent.
 
@@ -48,7 +49,7 @@ def train_sequence(
         raise SystemExit(f"{store} holds {held[:3]}..., not a prefix of this benchmark's tasks")
     started = time.perf_counter()
     for spec in specs[len(held) :]:
-        outcome = train_task(store, spec, creation, config, data_root)
+        outcome = train_task(store, spec, creation, config, data_root, device)
         log(
             f"task {outcome.record.index} <- {spec}: GG {outcome.result.accuracy:.2%} "
             f"({outcome.result.seconds:.1f} s)"

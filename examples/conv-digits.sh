@@ -5,19 +5,21 @@
 #
 #   examples/conv-digits.sh [WORK] [BATCHES]
 #   WORK     folder for the store                       (default demo/conv-digits)
-#   BATCHES  training batches of 128 per task           (default 25)
+#   BATCHES  training batches of 128 per task           (default 35)
+#
+# The five tasks are trained by one `train-tasks` process (one worker, so that they land in
+# order and each gets the same initial scores as with `train-task`): one start of Python and
+# torch instead of five. SGD at lr 0.2 gives GG 98.63% (lr 0.1 with 25 batches: 97.03%).
 set -euo pipefail
 
 work=${1:-demo/conv-digits}
-batches=${2:-25}
+batches=${2:-35}
 store="$work/conv4.zarr"
 mkdir -p "$work"
 rm -rf "$store"
 
-for task in 0 1 2 3 4; do
-    supsup train-task "$store" --data "split:$task" --arch conv4 --mask-rule sign \
-        --optimizer sgd --lr 0.1 --batches "$batches" --quiet
-done
+supsup train-tasks "$store" --data 'split:0..4' --workers 1 --arch conv4 --mask-rule sign \
+    --optimizer sgd --lr 0.2 --batches "$batches" --quiet
 # Task unknown (the GNu lines also print GG, the accuracy with the task given): each batch of 128
 # test images is normalised by its own statistics while the task is inferred, then classified
 # with the inferred task's mask and statistics. Exhaustive (one forward pass per stored mask)

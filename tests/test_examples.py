@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,12 @@ def test_many_tasks_pipeline(tmp_path: Path) -> None:
     assert "0 of 2 task(s) landed in m.zarr, 2 already held" in result.stderr
     assert "task 2 <- permuted:3" in result.stderr and "2 ranks" in result.stderr
     assert "ok m.zarr" in result.stdout
+
+
+def test_conv_digits_demo_trains_five_tasks_in_order(tmp_path: Path) -> None:
+    result = run_example("conv-digits.sh", "w", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^\s*(\d+)\s+split:(\d+)\s", result.stdout, flags=re.MULTILINE)
+    assert rows == [(str(i), str(i)) for i in range(5)] * 2, "one table per method, in order"
+    assert "GNu (exhaustive, objective H, batch 128)" in result.stdout
+    assert "GNu (one-shot, objective H, batch 128)" in result.stdout

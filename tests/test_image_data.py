@@ -4,6 +4,7 @@ store's input shape."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,10 @@ def test_a_seeded_class_order_splits_cifar_differently(tmp_path: Path) -> None:
     trained = runner.invoke(app, [*args, "--batches", "1", "--batch-size", "4", "--json"])
     assert trained.exit_code == 0, trained.output
     assert '"data": "splitcifar100:1@seed:3"' in trained.stdout
+    evaluated = runner.invoke(
+        app, ["eval", str(store), "--data-root", str(tmp_path), "--json"]
+    )  # offline: the report names the CIFAR root, and no MNIST is looked for there
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    assert report["settings"]["data_source"] == f"disk:{tmp_path.resolve()}"
+    assert report["tasks"][0]["data"] == "splitcifar100:1@seed:3"

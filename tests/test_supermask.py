@@ -51,3 +51,18 @@ def test_score_masks_flatten_in_network_order() -> None:
 def test_bad_rules_are_refused(rule: str, density: float | None) -> None:
     with pytest.raises(ConfigError):
         check_rule(rule, density)
+
+
+def test_topk_with_ties_at_the_threshold_keeps_exactly_the_count() -> None:
+    scores = torch.tensor([0.5, -0.5, 0.5, 0.1, -0.5, 0.2])  # three tie for the top two
+    mask = scores_to_mask(scores, "topk", 2 / 6)
+    assert mask.sum().item() == 2
+    assert mask[[3, 5]].sum().item() == 0, "only tied magnitudes may be kept"
+
+
+def test_topk_mask_is_the_largest_magnitudes_of_random_scores() -> None:
+    scores = torch.randn(20, 3, 3, 3, generator=torch.Generator().manual_seed(3))
+    kept = kept_count(scores.numel(), 0.3)
+    expected = torch.zeros(scores.numel())
+    expected[scores.abs().flatten().topk(kept).indices] = 1.0
+    assert torch.equal(scores_to_mask(scores, "topk", 0.3).flatten(), expected)

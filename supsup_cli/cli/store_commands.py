@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ..errors import ConfigError, StoreError, StoreNotFoundError
 from ..format.rules import MASK_RULES
+from ..learn.choices import DEFAULT_PRECISION, PRECISIONS
 from .allocate_commands import show_log
 from .eval_commands import (
     BatchOpt,
@@ -100,7 +101,15 @@ TransferOpt = Annotated[
         "made by init --keep-scores or a first train-task --transfer).",
     ),
 ]
-
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Arithmetic of training: "
+        + "; ".join(f"{name}: {text}" for name, text in PRECISIONS.items())
+        + ". The mask and the statistics are stored alike either way.",
+    ),
+]
 
 ErScaleOpt = Annotated[
     float | None,
@@ -188,6 +197,7 @@ def train_task_command(
     batch_size: BatchSizeOpt = 128,
     batches: BatchesOpt = 1000,
     transfer: TransferOpt = False,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
     again: Annotated[
         bool,
         typer.Option(
@@ -236,6 +246,7 @@ def train_task_command(
         optimizer=optimizer,
         epochs=epochs,
         schedule=schedule,
+        precision=precision,
     )
     creation = _creation(arch, outputs, seed, mask_rule, density, er_scale)
     rank, chosen = rank_from_env(), resolve_device(device)

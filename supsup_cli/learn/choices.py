@@ -23,6 +23,13 @@ PER_MODES: Final = ("batch", "image")  # one task per batch, or per image
 # task) on single images of a 4-task PermutedMNIST store made with the demo's settings, objective
 # H (one-shot 0.133, exhaustive 0.130); at T = 1 a right answer among 4 tasks read about 0.45.
 CONFIDENCE_TEMPERATURE: Final = 0.13
+# Training precision (learn/train.py registers the autocast dtype of each name).
+PRECISIONS: Final = {
+    "fp32": "float32 throughout (default)",
+    "bf16": "bfloat16 autocast of the forward pass (scores, their gradients and the optimizer "
+    "stay float32); conv nets on CUDA also run channels_last",
+}
+DEFAULT_PRECISION: Final = "fp32"
 MERGE_RULES: Final = ("and", "or", "majority")  # mask algebra
 PLOT_FORMATS: Final = ("png", "svg")
 

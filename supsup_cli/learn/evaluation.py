@@ -30,7 +30,7 @@ from ..model.nets import PerTaskStats
 from ..progress import Progress
 from ..store import MaskStore
 from .choices import SCENARIOS
-from .data import image_source, load_eval_data, source_specs
+from .data import DISK_KINDS, image_source, load_eval_data, source_specs
 from .mask_banks import MaskBank
 from .objectives import get_objective
 from .taskid import get_method, infer_task
@@ -446,12 +446,21 @@ def evaluate_store(
         command=command,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         store=identity,
-        settings={**settings.to_dict(), "data_source": image_source(data_root).name},
+        settings={**settings.to_dict(), "data_source": data_source(targets, data_root)},
         scores=scores,
         curve=curve,
         confusion=confusion.tolist() if settings.scenario == "GNu" else None,
         confusion_rows=[t for t, _ in targets] if settings.scenario == "GNu" else [],
     )
+
+
+def data_source(targets: Sequence[tuple[int, str]], data_root: Path | None) -> str:
+    """Where the test images came from: the digits' source (embedded, or torchvision's MNIST),
+    or for data sets on disk alone (splitcifar100, folder, ...) their root; the digits are not
+    loaded for a report on those."""
+    if targets and all(spec.split(":", 1)[0] in DISK_KINDS for _, spec in targets):
+        return f"disk:{Path(data_root).resolve()}" if data_root is not None else "disk"
+    return image_source(data_root).name
 
 
 def _prefix_bank(

@@ -37,6 +37,7 @@ class _ConvNet(WithTaskNorms):
                 f"weight_{index}", signed_kaiming_constant(config.seed, index, shape)
             )
         self.norms = TaskNorms(self.plan.bn_channels())
+        self.channels_last = False  # NHWC activations (set for training on CUDA in bf16)
 
     def weight(self, index: int) -> torch.Tensor:
         return getattr(self, f"weight_{index}")
@@ -47,7 +48,10 @@ class _ConvNet(WithTaskNorms):
             raise ConfigError(
                 f"{len(masks)} masks given; {self.config.arch} has {len(self.plan.site_shapes())}"
             )
-        return x.reshape(len(x), *self.config.shape)
+        images = x.reshape(len(x), *self.config.shape)
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def conv_bn(self, site: int, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
         """Mask site `site` (a convolution) then its BatchNorm (BN `site`: one per convolution)."""

@@ -15,19 +15,51 @@ from torch import nn
 from ..format.rules import check_rule, kept_count
 
 
+def numpy_ready(values: torch.Tensor) -> bool:
+    """Whether a mask of `values` is made in numpy: float32 on the CPU, where numpy's
+    comparisons and introselect are 3-8x faster than torch's on one thread."""
+    return values.device.type == "cpu" and values.dtype == torch.float32
+
+
+def numpy_topk_mask(magnitudes: np.ndarray, kept: int) -> np.ndarray | None:
+    """1[magnitudes >= their `kept`-th largest value] (float32), or None when ties at that value
+    would keep more than `kept`. np.partition (introselect) finds the value about 8x faster
+    than torch.kthvalue or torch.topk, whose selection was ~10% of a resnet18-gem training step
+    on the CPU."""
+    flat = magnitudes.reshape(-1)
+    position = flat.size - kept
+    below = np.partition(flat, position)
+    threshold = below[position]
+    if position and below[:position].max() >= threshold:
+        return None
+    return (magnitudes >= threshold).astype(np.float32)
+
+
 class _TopKStraightThrough(torch.autograd.Function):
-    """Mask of the largest `kept` values; backward passes the gradient through unchanged."""
+    """Mask of the `kept` largest |scores|; backward passes the gradient straight through |.|,
+    i.e. times sign(score): without it a negative score would be pushed the wrong way and
+    training stays at chance."""
 
     @staticmethod
-    def forward(ctx, magnitudes: torch.Tensor, kept: int) -> torch.Tensor:  # noqa: ARG004
-        flat = magnitudes.flatten()
-        mask = torch.zeros_like(flat)
-        mask[flat.topk(kept, sorted=False).indices] = 1.0
-        return mask.view_as(magnitudes)
+    def forward(ctx, scores: torch.Tensor, kept: int) -> torch.Tensor:
+        mask = None
+        if numpy_ready(scores):
+            values = scores.detach().numpy()
+            found = numpy_topk_mask(np.abs(values), kept)
+            if found is not None:
+                mask, signs = torch.from_numpy(found), torch.from_numpy(np.sign(values))
+        if mask is None:
+            flat = scores.detach().abs().flatten()
+            mask = torch.zeros_like(flat)
+            mask[flat.topk(kept, sorted=False).indices] = 1.0
+            mask, signs = mask.view_as(scores), scores.detach().sign()
+        ctx.save_for_backward(signs)
+        return mask
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ARG004
-        return grad, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (signs,) = ctx.saved_tensors
+        return grad * signs, None
 
 
 class _SignStraightThrough(torch.autograd.Function):
@@ -35,6 +67,8 @@ class _SignStraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        if numpy_ready(scores):
+            return torch.from_numpy((scores.detach().numpy() >= 0).astype(np.float32))
         return (scores >= 0).to(scores.dtype)
 
     @staticmethod
@@ -46,9 +80,7 @@ def scores_to_mask(scores: torch.Tensor, rule: str, density: float | None) -> to
     """Binary float mask of one site; gradients reach the scores straight through (and |.|)."""
     if rule == "sign":
         return _SignStraightThrough.apply(scores)
-    # Autograd through abs() multiplies the straight-through gradient by sign(score); without
-    # it a negative score would be pushed the wrong way and training stays at chance.
-    return _TopKStraightThrough.apply(scores.abs(), kept_count(scores.numel(), density))
+    return _TopKStraightThrough.apply(scores, kept_count(scores.numel(), density))
 
 
 def kaiming_uniform_scores(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
