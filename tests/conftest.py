@@ -9,13 +9,35 @@ import os
 # Set before torch is imported, so this process and every subprocess inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import typer  # noqa: E402
+import typer.testing  # noqa: E402
+from click import Command  # noqa: E402
 
 from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 
 QUICK_BATCHES = 250
+
+
+def _built_once(get_command: Callable[[typer.Typer], Command]) -> Callable[[typer.Typer], Command]:
+    """Typer's CliRunner builds the app's whole click command tree on every invoke (30 ms for this
+    CLI, over a thousand invokes a run). The tree is the same each time, as in one `supsup`
+    process, so each app is built once per test process."""
+    built: dict[typer.Typer, Command] = {}
+
+    def get(app: typer.Typer) -> Command:
+        if app not in built:
+            built[app] = get_command(app)
+        return built[app]
+
+    return get
+
+
+if hasattr(typer.testing, "_get_command"):  # where Typer's runner looks its builder up
+    typer.testing._get_command = _built_once(typer.testing._get_command)
 
 
 def build_store(
