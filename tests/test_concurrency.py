@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from supsup_cli.errors import StoreError
-from supsup_cli.learn.train import CreationOptions, TrainConfig, train_task
 from supsup_cli.store import MaskStore
 
 WRITERS = 4
@@ -92,12 +91,9 @@ def test_allocate_beside_train_task(permuted_store: Path, tmp_path: Path) -> Non
     assert set(outcome["taken_in"]) <= {train["index"] for train in appended}
 
 
-def test_hopfield_encode_beside_train_task(tmp_path: Path) -> None:
+def test_hopfield_encode_beside_train_task(split_bn_store: Path, tmp_path: Path) -> None:
     """Folding masks into the energy matrix while other writers append tasks."""
-    path = tmp_path / "bn.zarr"
-    creation = CreationOptions(arch="bn-2048-2048", mask_rule="sign")
-    for spec in ("split:0", "split:1"):
-        train_task(path, spec, creation, TrainConfig(lr=0.1, batches=10, optimizer="sgd"))
+    path = Path(shutil.copytree(split_bn_store, tmp_path / "bn.zarr"))
     options = ["--mask-rule", "sign", "--optimizer", "sgd", "--lr", "0.1", "--batches", "10"]
     trains = [
         supsup("train-task", str(path), "--data", spec, *options, "--quiet", "--json")

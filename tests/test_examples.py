@@ -19,11 +19,18 @@ def run_example(script: str, *args: str, cwd: Path) -> subprocess.CompletedProce
     )
 
 
-def test_permuted_mnist_pipeline(tmp_path: Path) -> None:
-    result = run_example("permuted-mnist.sh", "p.zarr", "2", "60", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "task 0 on permuted:1" in result.stdout and "task 1 on permuted:2" in result.stdout
-    assert "ok p.zarr" in result.stdout
+def test_permuted_mnist_pipeline_grows_a_store_without_training_a_spec_twice(
+    tmp_path: Path,
+) -> None:
+    """The README's first command; run again with more tasks, it trains only the new one (a
+    new user's trip, issue 19)."""
+    first = run_example("permuted-mnist.sh", "p.zarr", "1", "60", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "task 0 on permuted:1" in first.stdout and "ok p.zarr" in first.stdout
+    again = run_example("permuted-mnist.sh", "p.zarr", "2", "60", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "permuted:1: already in p.zarr" in again.stderr
+    assert "task 1 on permuted:2" in again.stdout and "ok p.zarr" in again.stdout
     info = subprocess.run(
         [sys.executable, "-m", "supsup_cli", "info", "p.zarr", "--json"],
         cwd=tmp_path,
@@ -31,7 +38,9 @@ def test_permuted_mnist_pipeline(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    assert json.loads(info.stdout)["task_count"] == 2
+    held = json.loads(info.stdout)
+    assert held["task_count"] == 2
+    assert [t["data"] for t in held["tasks"]] == ["permuted:1", "permuted:2"]
 
 
 def test_eval_and_plot_pipeline(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from supsup_cli import threads
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_TOOLS = {"pytest", "hypothesis", "ruff", "moto", "matplotlib", "s3fs"}
+TEST_TOOLS = {"pytest", "pytest-xdist", "hypothesis", "ruff", "moto", "matplotlib", "s3fs"}
 
 
 def readme_commands() -> list[str]:
@@ -37,7 +37,7 @@ def test_the_demo_command_installs_no_extras() -> None:
 
 def test_the_test_command_is_what_ci_runs_and_brings_what_tests_import() -> None:
     tests = readme_commands()[1]
-    assert tests == '.venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest -q'
+    assert tests == '.venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest -q -n 2'
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
     extras = project()["optional-dependencies"]
     wanted = {Requirement(text) for text in extras["test"]}

@@ -1,13 +1,12 @@
 """What a new user tripped on (issue 19): merged tasks in eval, reports of other stores in plot,
-a spec trained twice, the reported format version, flags in help, empty stores, Ctrl-C."""
+a spec trained twice (and the first example grown twice: test_examples.py), the reported format
+version, flags in help, empty stores, Ctrl-C."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -276,22 +275,3 @@ def test_ctrl_c_exits_130_from_the_entry_point(
     expected = f"interrupted: nothing of the task on split:1 was kept; {store} was not created"
     assert capsys.readouterr().err.strip() == expected
     assert not store.exists()
-
-
-def test_the_first_example_grows_a_store_without_training_a_spec_twice(tmp_path: Path) -> None:
-    """The README's first command, run again with more tasks, trains only the new one."""
-    script = Path(__file__).resolve().parents[1] / "examples" / "permuted-mnist.sh"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-
-    def example(tasks: str) -> subprocess.CompletedProcess:
-        command = ["bash", str(script), "p.zarr", tasks, "20"]
-        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
-
-    assert example("1").returncode == 0
-    again = example("2")
-    assert again.returncode == 0, again.stderr
-    assert "permuted:1: already in p.zarr" in again.stderr
-    assert [r.data for r in MaskStore.open(tmp_path / "p.zarr").tasks()] == [
-        "permuted:1",
-        "permuted:2",
-    ]
