@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import filelock
 import fsspec
 import numpy as np
 import pytest
@@ -121,13 +122,13 @@ def _read_only(monkeypatch, folder: Path) -> list[bool]:
     set the returned flag's [0] to False to let a writer in."""
     state = [True]
 
-    class Lock(storage.FileLock):
+    class Lock(filelock.FileLock):
         def acquire(self, *args, **kwargs):
             if state[0] and self.lock_file == storage.lock_file(str(folder), LOCK_NAME):
                 raise OSError(errno.EROFS, "Read-only file system", self.lock_file)
             return super().acquire(*args, **kwargs)
 
-    monkeypatch.setattr(storage, "FileLock", Lock)
+    monkeypatch.setattr(filelock, "FileLock", Lock)  # the writer's lock imports it when it locks
     return state
 
 
