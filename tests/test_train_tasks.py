@@ -102,3 +102,26 @@ def test_a_bad_spec_fails_alone_and_the_others_land(tmp_path: Path) -> None:
     store = MaskStore.open(path)
     assert store.verify() == []
     assert sorted(r.data for r in store.tasks()) == [f"permuted:{i}" for i in range(1, 5)]
+
+
+def test_the_training_options_of_train_task_reach_every_worker(tmp_path: Path) -> None:
+    """--precision, --schedule, --epochs, --er-scale and --transfer are train-task's, task for
+    task; the store the run makes first is the one train-task would make."""
+    path = tmp_path / "c.zarr"
+    done = run_supsup(
+        "train-tasks", str(path), "--data", "split:0,split:1", "--workers", "1",
+        "--arch", "conv4", "--er-scale", "1.0", "--precision", "bf16", "--schedule", "cosine",
+        "--epochs", "1", "--batch-size", "1000", "--transfer", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = MaskStore.open(path)
+    assert store.verify() == [] and store.header.er_scale == 1.0 and store.keeps_scores
+    for record in store.tasks():
+        assert record.train["precision"] == "bf16" and record.train["schedule"] == "cosine"
+        assert record.train["epochs"] == 1 and record.train["batch_size"] == 1000
+        assert record.train["transfer"]
+    refused = run_supsup(
+        "train-tasks", str(tmp_path / "d.zarr"), "--data", "split:0", "--precision", "fp16"
+    )
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "fp16" in refused.stderr

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..learn.choices import DEFAULT_PRECISION
 from .root import (
     DataRootOpt,
     JsonOpt,
@@ -22,10 +23,14 @@ from .store_commands import (
     BatchesOpt,
     BatchSizeOpt,
     DensityOpt,
+    EpochsOpt,
+    ErScaleOpt,
     LrOpt,
     OptimizerOpt,
     OutputsOpt,
+    PrecisionOpt,
     RuleOpt,
+    ScheduleOpt,
     SeedOpt,
     TransferOpt,
 )
@@ -67,11 +72,15 @@ def train_tasks_command(
     seed: SeedOpt = None,
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
+    er_scale: ErScaleOpt = None,
     lr: LrOpt = 1e-4,
     optimizer: OptimizerOpt = "rmsprop",
+    schedule: ScheduleOpt = "constant",
+    epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = 128,
     batches: BatchesOpt = 1000,
     transfer: TransferOpt = False,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
     data_root: DataRootOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -85,10 +94,22 @@ def train_tasks_command(
     from ..learn.train import CreationOptions, TrainConfig
 
     config = TrainConfig(
-        lr=lr, batch_size=batch_size, batches=batches, transfer=transfer, optimizer=optimizer
+        lr=lr,
+        batch_size=batch_size,
+        batches=batches,
+        transfer=transfer,
+        optimizer=optimizer,
+        epochs=epochs,
+        schedule=schedule,
+        precision=precision,
     )
     creation = CreationOptions(
-        arch=arch, outputs=outputs, seed=seed, mask_rule=mask_rule, density=density
+        arch=arch,
+        outputs=outputs,
+        seed=seed,
+        mask_rule=mask_rule,
+        density=density,
+        er_scale=er_scale,
     )
     pinned = parse_devices(devices)
 

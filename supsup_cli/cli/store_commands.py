@@ -101,6 +101,13 @@ TransferOpt = Annotated[
         "made by init --keep-scores or a first train-task --transfer).",
     ),
 ]
+ScheduleOpt = Annotated[
+    str, typer.Option("--schedule", help="Learning rate: constant (default) or cosine.")
+]
+EpochsOpt = Annotated[
+    int | None,
+    typer.Option("--epochs", help="Passes over the training split (replaces --batches)."),
+]
 PrecisionOpt = Annotated[
     str,
     typer.Option(
@@ -187,13 +194,8 @@ def train_task_command(
     er_scale: ErScaleOpt = None,
     lr: LrOpt = 1e-4,
     optimizer: OptimizerOpt = "rmsprop",
-    schedule: Annotated[
-        str, typer.Option("--schedule", help="Learning rate: constant (default) or cosine.")
-    ] = "constant",
-    epochs: Annotated[
-        int | None,
-        typer.Option("--epochs", help="Passes over the training split (replaces --batches)."),
-    ] = None,
+    schedule: ScheduleOpt = "constant",
+    epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = 128,
     batches: BatchesOpt = 1000,
     transfer: TransferOpt = False,

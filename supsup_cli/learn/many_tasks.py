@@ -169,7 +169,12 @@ def train_tasks(
         if MaskStore.exists(store):
             MaskStore.open(store).check_compatible(**asdict(options))
         else:
-            MaskStore.open_or_create(store, *options.new_store_settings())
+            MaskStore.open_or_create(
+                store,
+                *options.new_store_settings(),
+                er_scale=options.er_scale,
+                keep_scores=config.transfer,  # what train_task would make it with
+            )
         pool_args = (store, specs, options, config, workers, devices, data_root, bad, total)
         reports.extend(_run_pool(*pool_args, progress, on_report))
     return RunSummary(
