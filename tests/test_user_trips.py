@@ -21,6 +21,7 @@ from supsup_cli.format.architectures import NetConfig
 from supsup_cli.learn import train as train_module
 from supsup_cli.learn.data import load_task, source_specs
 from supsup_cli.learn.evaluation import EvalSettings, evaluate_store
+from supsup_cli.learn.score_optimizers import ScoreOptimizer
 from supsup_cli.learn.train import CreationOptions, TrainConfig, TrainingInterrupted, train_task
 from supsup_cli.store import MaskStore
 
@@ -231,7 +232,7 @@ def test_commands_on_an_empty_store_say_no_tasks(command: list[str], tmp_path: P
 def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """Ctrl-C as the optimizer takes its `step`-th step (deterministic: no signal, no timing)."""
     calls = [0]
-    real = torch.optim.RMSprop.step
+    real = ScoreOptimizer.step
 
     def step_or_interrupt(self, *args, **kwargs):
         calls[0] += 1
@@ -239,7 +240,7 @@ def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.RMSprop, "step", step_or_interrupt)
+    monkeypatch.setattr(ScoreOptimizer, "step", step_or_interrupt)
 
 
 def test_ctrl_c_while_training_says_nothing_was_kept(

@@ -63,6 +63,7 @@ from .allocate_rule import (
     decide,
 )
 from .data import TaskData, load_task
+from .score_optimizers import ScoreOptimizer
 from .taskid import alpha_gradient
 from .train import CreationOptions, check_classes, evaluate, score_init_seed
 
@@ -103,7 +104,7 @@ class _Stretch:
 
     index: int
     masks: ScoreMasks
-    optimizer: torch.optim.Optimizer
+    optimizer: ScoreOptimizer
     start_scores: torch.Tensor  # (D,) flat scores when the stretch began (for the score sum)
     new: bool  # not yet in the store
     batches: int = 0
@@ -237,14 +238,14 @@ class _Run:
         else:
             scores = resumed_scores(self.masks.bits(index), shapes)
         masks = ScoreMasks(scores, self.rule, self.density).to(self.device)
-        optimizer = torch.optim.RMSprop(masks.parameters(), lr=self.config.lr)
+        optimizer = ScoreOptimizer(list(masks.parameters()), "rmsprop", self.config.lr)
         self.stretch = _Stretch(index, masks, optimizer, masks.flat_scores(), new)
 
     def train_step(self, data: TaskData, x: torch.Tensor, y: torch.Tensor) -> None:
         stretch = self.stretch
         started = time.perf_counter()
         loss = F.cross_entropy(self.net(x.to(self.device), stretch.masks()), y.to(self.device))
-        stretch.optimizer.zero_grad(set_to_none=True)
+        stretch.optimizer.zero_grad()
         loss.backward()
         stretch.optimizer.step()
         stretch.batches += 1

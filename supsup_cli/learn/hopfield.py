@@ -28,6 +28,7 @@ from ..progress import Progress
 from ..store import MaskStore
 from .choices import DEFAULT_GAMMA, DEFAULT_STARTS, DEFAULT_STEPS, MAX_STARTS
 from .data import load_task
+from .score_optimizers import ScoreOptimizer
 
 DEFAULT_LR: Final = 500.0
 DEFAULT_MOMENTUM: Final = 0.9
@@ -217,7 +218,7 @@ def recover_mask(
     if len(x) < MIN_BATCH_SIZE:
         raise InputError(f"Hopfield recovery needs at least {MIN_BATCH_SIZE} images per batch")
     scores = start.detach().clone().float().requires_grad_(True)  # (d,)
-    optimizer = torch.optim.SGD([scores], lr=config.lr, momentum=config.momentum)
+    optimizer = ScoreOptimizer([scores], "sgd", config.lr, momentum=config.momentum)
     batch_stats = net.batch_statistics() if isinstance(net, PerTaskStats) else None
     with batch_stats or contextlib.nullcontext():
         for t in range(1, config.steps + 1):
@@ -227,7 +228,7 @@ def recover_mask(
             if weight_h > 0:  # the last step is all energy: no need for the network
                 log_p = net(x, split_flat(mask, shapes)).log_softmax(dim=1)  # (n, outputs)
                 loss = loss + weight_h * -(log_p.exp() * log_p).sum(dim=1).mean()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if on_step is not None:

@@ -33,6 +33,7 @@ from .data import (
     source_specs,
 )
 from .image_data import augment
+from .score_optimizers import OPTIMIZERS, SCHEDULES, ScoreOptimizer, score_optimizer
 
 if TYPE_CHECKING:  # types only: distributed.py loads torch.distributed, needed with torchrun alone
     from .distributed import RankGroup
@@ -44,9 +45,6 @@ SCORES_TAG: Final = 0x53434F52  # "SCOR": keeps score-init seeds apart from othe
 MAX_BATCHES: Final = 10_000_000
 MAX_BATCH_SIZE: Final = 65_536
 SGD_MOMENTUM: Final = 0.9
-OPTIMIZERS: Final = ("rmsprop", "sgd", "adam")
-SCHEDULES: Final = ("constant", "cosine")
-FUSED_DEVICES: Final = ("cpu", "cuda")  # where torch has fused SGD and Adam steps
 # The dtype each --precision autocasts the forward pass to (None: no autocast).
 AUTOCAST_DTYPES: Final = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -97,23 +95,10 @@ class TrainConfig:
 
 def make_optimizer(
     params: Sequence[nn.Parameter], config: TrainConfig, steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The optimizer of the scores (SGD with momentum, Adam, or RMSprop) and its schedule.
-
-    SGD and Adam use torch's fused kernels on the CPU and CUDA (one pass over every score
-    tensor, not a loop of small ops per tensor; torch's default on the CPU is that loop)."""
-    fused = all(p.device.type in FUSED_DEVICES for p in params)
-    if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=SGD_MOMENTUM, fused=fused
-        )
-    elif config.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.lr, fused=fused)
-    else:
-        optimizer = torch.optim.RMSprop(params, lr=config.lr)
-    if config.schedule == "cosine":
-        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    return optimizer, None
+) -> ScoreOptimizer:
+    """The optimizer of the scores (SGD with momentum, Adam, or RMSprop) with its schedule."""
+    name, schedule = config.optimizer, config.schedule
+    return score_optimizer(params, name, config.lr, SGD_MOMENTUM, schedule, steps)
 
 
 def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
@@ -181,7 +166,7 @@ def train_mask(
     trained = masks if group is None else group.wrap(masks)
     steps = config.steps(len(data.train_x))
     per_epoch = max(1, len(data.train_x) // min(config.batch_size, len(data.train_x)))
-    optimizer, schedule = make_optimizer(list(masks.parameters()), config, steps)
+    optimizer = make_optimizer(list(masks.parameters()), config, steps)
     per_task = isinstance(net, PerTaskStats)
     set_training_layout(net, config.precision, device)
     if per_task:
@@ -209,11 +194,9 @@ def train_mask(
                 if group is None
                 else group.loss(logits, labels, len(index))
             )
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if schedule is not None:
-            schedule.step()
         if group is not None:
             group.after_batch(step + 1)
         if progress is not None:
