@@ -33,7 +33,7 @@ from .data import (
     source_specs,
 )
 from .image_data import augment
-from .score_optimizers import OPTIMIZERS, SCHEDULES, ScoreOptimizer, score_optimizer
+from .score_optimizers import OPTIMIZERS, SCHEDULES, score_optimizer
 
 if TYPE_CHECKING:  # types only: distributed.py loads torch.distributed, needed with torchrun alone
     from .distributed import RankGroup
@@ -91,14 +91,6 @@ class TrainConfig:
         if self.epochs is None:
             return self.batches
         return self.epochs * max(1, examples // min(self.batch_size, examples))
-
-
-def make_optimizer(
-    params: Sequence[nn.Parameter], config: TrainConfig, steps: int
-) -> ScoreOptimizer:
-    """The optimizer of the scores (SGD with momentum, Adam, or RMSprop) with its schedule."""
-    name, schedule = config.optimizer, config.schedule
-    return score_optimizer(params, name, config.lr, SGD_MOMENTUM, schedule, steps)
 
 
 def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
@@ -166,7 +158,9 @@ def train_mask(
     trained = masks if group is None else group.wrap(masks)
     steps = config.steps(len(data.train_x))
     per_epoch = max(1, len(data.train_x) // min(config.batch_size, len(data.train_x)))
-    optimizer = make_optimizer(list(masks.parameters()), config, steps)
+    optimizer = score_optimizer(
+        list(masks.parameters()), config.optimizer, config.lr, SGD_MOMENTUM, config.schedule, steps
+    )
     per_task = isinstance(net, PerTaskStats)
     set_training_layout(net, config.precision, device)
     if per_task:
