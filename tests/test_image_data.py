@@ -176,3 +176,32 @@ def test_a_seeded_class_order_splits_cifar_differently(tmp_path: Path) -> None:
     report = json.loads(evaluated.stdout)
     assert report["settings"]["data_source"] == f"disk:{tmp_path.resolve()}"
     assert report["tasks"][0]["data"] == "splitcifar100:1@seed:3"
+
+
+def test_a_splitcifar100_store_gets_the_reference_network_and_all_100_classes(
+    tmp_path: Path,
+) -> None:
+    """The issue's loop names --arch once and --outputs never: task 2 (classes 10..14) and the
+    last task (95..99) must fit the store the first task made."""
+    write_cifar_binary(tmp_path, per_class=1, seed=3)
+    store = tmp_path / "c100.zarr"
+    for task in (0, 2, 19):
+        trained = runner.invoke(
+            app,
+            ["train-task", str(store), "--data", f"splitcifar100:{task}"]
+            + ["--data-root", str(tmp_path), "--batches", "1", "--batch-size", "4", "--json"],
+        )
+        assert trained.exit_code == 0, trained.output
+        record = json.loads(trained.stdout)
+        assert record["classes"] == list(range(5 * task, 5 * task + 5))
+        assert (record["train"]["optimizer"], record["train"]["lr"]) == ("adam", 1e-3)
+    info = runner.invoke(app, ["info", str(store)])
+    assert "network resnet18-gem (3x32x32 inputs), 100 outputs" in info.stdout
+    digits = runner.invoke(
+        app, ["train-task", str(tmp_path / "d.zarr"), "--data", "split:4", "--batches", "1"]
+    )
+    assert digits.exit_code == 0, digits.output
+    assert (
+        "lenet-300-100 (1x28x28 inputs), 10 outputs"
+        in runner.invoke(app, ["info", str(tmp_path / "d.zarr")]).stdout
+    )

@@ -116,3 +116,15 @@ def test_data_with_more_classes_than_outputs(tmp_path: Path) -> None:
             tmp_path / "o.zarr", "split:4", CreationOptions(outputs=5), TrainConfig(batches=5)
         )
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_the_optimizer_not_given_is_the_references_for_the_network() -> None:
+    """Adam 1e-3 for conv nets (SplitCIFAR-100), RMSprop 1e-4 for the MLPs; a choice the user
+    made stays."""
+    unset = TrainConfig()
+    assert (unset.for_network(True).optimizer, unset.for_network(True).lr) == ("adam", 1e-3)
+    assert (unset.for_network(False).optimizer, unset.for_network(False).lr) == ("rmsprop", 1e-4)
+    chosen = TrainConfig(optimizer="sgd", lr=0.2).for_network(True)
+    assert (chosen.optimizer, chosen.lr) == ("sgd", 0.2)
+    half = TrainConfig(optimizer="sgd").for_network(False)
+    assert (half.optimizer, half.lr) == ("sgd", 1e-4)

@@ -45,7 +45,8 @@ ArchOpt = Annotated[
     str | None,
     typer.Option(
         "--arch",
-        help="Network, for a new store: lenet-300-100 (default), fc-1024-1024, or bn-2048-2048 "
+        help="Network, for a new store: lenet-300-100 (default; resnet18-gem for splitcifar100, "
+        "resnet50 for splitimagenet), fc-1024-1024, or bn-2048-2048 "
         "(masks on BatchNorm channels, for hopfield-encode; use --mask-rule sign --optimizer sgd "
         "--lr 0.1); convolutional, with per-task BatchNorm: conv4 (1x28x28), resnet18-gem "
         "(3x32x32), resnet18 and resnet50 (3x224x224).",
@@ -55,8 +56,9 @@ OutputsOpt = Annotated[
     int | None,
     typer.Option(
         "--outputs",
-        help="Output neurons, for a new store (default 10; more than the "
-        "classes adds superfluous neurons for the G objective).",
+        help="Output neurons, for a new store (default 10; 100 for splitcifar100, 1000 for "
+        "splitimagenet: the data set's classes); more than the classes adds superfluous "
+        "neurons for the G objective.",
     ),
 ]
 SeedOpt = Annotated[
@@ -80,13 +82,18 @@ DensityOpt = Annotated[
     ),
 ]
 
-LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate on the scores.")]
+LrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lr", help="Learning rate on the scores (default 1e-3 for conv nets, else 1e-4)."
+    ),
+]
 OptimizerOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--optimizer",
-        help="rmsprop (default), sgd (momentum 0.9, for bn-2048-2048) or adam "
-        "(the reference's conv setting: --lr 1e-3 --batch-size 128).",
+        help="adam, rmsprop or sgd (momentum 0.9, for bn-2048-2048). Default: the reference's, "
+        "adam for conv nets (SplitCIFAR-100), rmsprop for the MLPs.",
     ),
 ]
 BatchSizeOpt = Annotated[
@@ -192,8 +199,8 @@ def train_task_command(
     mask_rule: RuleOpt = None,
     density: DensityOpt = None,
     er_scale: ErScaleOpt = None,
-    lr: LrOpt = 1e-4,
-    optimizer: OptimizerOpt = "rmsprop",
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
     schedule: ScheduleOpt = "constant",
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = 128,

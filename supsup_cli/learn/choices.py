@@ -30,6 +30,18 @@ PRECISIONS: Final = {
     "stay float32); conv nets on CUDA also run channels_last",
 }
 DEFAULT_PRECISION: Final = "fp32"
+# A new store's network and outputs when neither --arch / --outputs nor the data set say: the
+# data set's reference network and its whole label space (class ids are global, so that every
+# later task of the data set fits the store's outputs).
+DEFAULT_ARCH: Final = "lenet-300-100"
+DEFAULT_OUTPUTS: Final = 10
+DATA_SET_DEFAULTS: Final = {  # data spec kind -> (network, classes in the data set)
+    "splitcifar100": ("resnet18-gem", 100),
+    "splitimagenet": ("resnet50", 1000),
+}
+# The scores' optimizer and learning rate when --optimizer / --lr are not given: the reference's
+# settings, RMSprop for the MLPs (PermutedMNIST, GNu) and Adam for conv nets (SplitCIFAR-100).
+DEFAULT_TRAINING: Final = {"mlp": ("rmsprop", 1e-4), "conv": ("adam", 1e-3)}
 MERGE_RULES: Final = ("and", "or", "majority")  # mask algebra
 PLOT_FORMATS: Final = ("png", "svg")
 

@@ -171,7 +171,7 @@ def train_tasks(
         else:
             MaskStore.open_or_create(
                 store,
-                *options.new_store_settings(),
+                *options.new_store_settings(specs[0]),
                 er_scale=options.er_scale,
                 keep_scores=config.transfer,  # what train_task would make it with
             )

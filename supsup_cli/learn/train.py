@@ -16,14 +16,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, StoreMismatchError
-from ..format.architectures import NetConfig
+from ..format.architectures import CONV_KINDS, NetConfig
 from ..format.header import TaskRecord
 from ..format.rules import check_er_scale, check_rule, site_densities
 from ..model.nets import PerTaskStats, build_net
 from ..model.supermask import ScoreMasks, bits_to_masks, kaiming_uniform_scores, split_flat
 from ..progress import Progress
 from ..store import MaskStore
-from .choices import DEFAULT_PRECISION
+from .choices import (
+    DATA_SET_DEFAULTS,
+    DEFAULT_ARCH,
+    DEFAULT_OUTPUTS,
+    DEFAULT_PRECISION,
+    DEFAULT_TRAINING,
+)
 from .data import (
     TaskData,
     canonical_spec,
@@ -38,8 +44,6 @@ from .score_optimizers import OPTIMIZERS, SCHEDULES, score_optimizer
 if TYPE_CHECKING:  # types only: distributed.py loads torch.distributed, needed with torchrun alone
     from .distributed import RankGroup
 
-DEFAULT_ARCH: Final = "lenet-300-100"
-DEFAULT_OUTPUTS: Final = 10
 DEFAULT_DENSITY: Final = 0.5
 SCORES_TAG: Final = 0x53434F52  # "SCOR": keeps score-init seeds apart from other streams
 MAX_BATCHES: Final = 10_000_000
@@ -53,18 +57,18 @@ AUTOCAST_DTYPES: Final = {"fp32": None, "bf16": torch.bfloat16}
 class TrainConfig:
     """How one mask is trained (recorded with the task, so the store says how it was made)."""
 
-    lr: float = 1e-4
+    lr: float | None = None  # None: the network's default (DEFAULT_TRAINING), as optimizer
     batch_size: int = 128
     batches: int = 1000
     transfer: bool = False
     init_seed: int = 0
-    optimizer: str = "rmsprop"
+    optimizer: str | None = None
     epochs: int | None = None  # passes over the training split; replaces `batches` when given
     schedule: str = "constant"  # learning rate: constant, or cosine decay to 0 over the steps
     precision: str = DEFAULT_PRECISION  # fp32, or bf16 autocast of the forward pass
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ConfigError(f"batch size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
@@ -78,10 +82,20 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown precision {self.precision!r}; valid: {', '.join(AUTOCAST_DTYPES)}"
             )
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
             )
+
+    def for_network(self, conv: bool) -> TrainConfig:
+        """This config with an optimizer or learning rate not given set to the reference's for
+        the network: Adam 1e-3 for conv nets, RMSprop 1e-4 for the others."""
+        optimizer, lr = DEFAULT_TRAINING["conv" if conv else "mlp"]
+        return replace(
+            self,
+            optimizer=optimizer if self.optimizer is None else self.optimizer,
+            lr=lr if self.lr is None else self.lr,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +105,12 @@ class TrainConfig:
         if self.epochs is None:
             return self.batches
         return self.epochs * max(1, examples // min(self.batch_size, examples))
+
+
+def is_conv_net(net: nn.Module) -> bool:
+    """Whether a net is one of the registry's convolutional networks (for its defaults)."""
+    config = getattr(net, "config", None)
+    return isinstance(config, NetConfig) and config.architecture.kind in CONV_KINDS
 
 
 def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
@@ -154,6 +174,7 @@ def train_mask(
     statistics returned are the ranks' mean.
     """
     started = time.perf_counter()
+    config = config.for_network(is_conv_net(net))
     masks = ScoreMasks(scores, rule, density, densities).to(device)
     trained = masks if group is None else group.wrap(masks)
     steps = config.steps(len(data.train_x))
@@ -269,8 +290,10 @@ class CreationOptions:
     density: float | None = None
     er_scale: float | None = None  # topk: an Erdos-Renyi budget instead of a uniform density
 
-    def new_store_settings(self) -> tuple[NetConfig, str, float | None]:
-        """The network, mask rule and density of a store made with these options."""
+    def new_store_settings(self, spec: str | None = None) -> tuple[NetConfig, str, float | None]:
+        """The network, mask rule and density of a store made with these options for a first
+        task on `spec`: what the options leave open comes from the spec's data set, if it has
+        defaults (DATA_SET_DEFAULTS), else from DEFAULT_ARCH and DEFAULT_OUTPUTS."""
         rule = "topk" if self.mask_rule is None else self.mask_rule
         if rule == "sign" and self.density is not None:
             raise ConfigError("--density applies to the topk rule only (sign keeps score >= 0)")
@@ -279,9 +302,11 @@ class CreationOptions:
         )
         check_rule(rule, density)
         check_er_scale(rule, self.er_scale)
+        kind = None if spec is None else canonical_spec(spec)[0]
+        arch, outputs = DATA_SET_DEFAULTS.get(kind, (DEFAULT_ARCH, DEFAULT_OUTPUTS))
         net = NetConfig(
-            DEFAULT_ARCH if self.arch is None else self.arch,
-            DEFAULT_OUTPUTS if self.outputs is None else self.outputs,
+            arch if self.arch is None else self.arch,
+            outputs if self.outputs is None else self.outputs,
             0 if self.seed is None else self.seed,
         )
         return net, rule, density
@@ -361,7 +386,7 @@ def plan_task(
             header.er_scale,
         )
     MaskStore.check_creatable(store_path)
-    return TaskPlan(*options.new_store_settings(), 0, None, False, options.er_scale)
+    return TaskPlan(*options.new_store_settings(spec), 0, None, False, options.er_scale)
 
 
 def train_task(
@@ -394,7 +419,10 @@ def train_task(
         )
     data = load_task(spec, data_root, plan.net.shape, skip_bad)
     check_classes(data.classes, plan.net)
-    config = replace(config, init_seed=score_init_seed(plan.net.seed, plan.first_index))
+    config = replace(
+        config.for_network(plan.net.architecture.kind in CONV_KINDS),
+        init_seed=score_init_seed(plan.net.seed, plan.first_index),
+    )
     net = build_net(plan.net, device)
     scores = initial_scores(
         plan.net.mask_shapes, config.init_seed, plan.transfer_mean if config.transfer else None
@@ -446,7 +474,9 @@ def check_classes(classes: Sequence[int], net: NetConfig) -> None:
     """A task's classes must be outputs of the network."""
     if max(classes) >= net.outputs:
         raise StoreMismatchError(
-            f"the data has classes up to {max(classes)} but the network has {net.outputs} outputs"
+            f"the data has classes up to {max(classes)} but the network has {net.outputs} "
+            f"outputs, fixed when the store was made (make one with --outputs {max(classes) + 1} "
+            "or more)"
         )
 
 
