@@ -197,6 +197,12 @@ def test_a_splitcifar100_store_gets_the_reference_network_and_all_100_classes(
         assert (record["train"]["optimizer"], record["train"]["lr"]) == ("adam", 1e-3)
     info = runner.invoke(app, ["info", str(store)])
     assert "network resnet18-gem (3x32x32 inputs), 100 outputs" in info.stdout
+    evaluated = runner.invoke(
+        app, ["eval", str(store), "--data-root", str(tmp_path), "--json"]
+    )  # data on disk have one source: each task is compared with its accuracy at training
+    assert evaluated.exit_code == 0, evaluated.output
+    forgetting = json.loads(evaluated.stdout)["summary"]["forgetting_vs_training"]
+    assert forgetting["tasks_compared"] == 3 and forgetting["max"] == 0.0
     digits = runner.invoke(
         app, ["train-task", str(tmp_path / "d.zarr"), "--data", "split:4", "--batches", "1"]
     )

@@ -412,13 +412,14 @@ def evaluate_store(
                 taskid = float(np.mean(inferred == index))
                 if k == count:
                     confusion[row] += np.bincount(inferred, minlength=count)[:count]
-            # Training recorded the accuracy on the whole test split of the task's own data; the
-            # record does not name its image source, so only the default source is compared.
+            # Training recorded the accuracy on the whole test split of the task's own data. The
+            # record does not name the digits' source (embedded or --data-root), so digits are
+            # compared from the default source only; data sets on disk have one source.
             comparable = (
                 k == count
                 and spec == records[index].data
                 and settings.images is None
-                and data_root is None
+                and (data_root is None or spec.split(":", 1)[0] in DISK_KINDS)
             )
             recorded = records[index].accuracy if comparable else None
             cells.append(
