@@ -136,8 +136,11 @@ def test_skip_bad_reports_and_goes_on(tmp_path) -> None:
 
 def test_empty_sources_are_errors(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no PNG or JPEG files"):
+    with pytest.raises(InputError, match="no PNG or JPEG files in the folder$"):
         read_inputs(str(tmp_path / "empty"))
+    (tmp_path / "tree" / "cats").mkdir(parents=True)  # an ImageFolder tree: a hint, no guess
+    with pytest.raises(InputError, match=r"holds folders: give one, e\.g\. .*tree/cats\)$"):
+        read_inputs(str(tmp_path / "tree"))
     with pytest.raises(InputError, match="no paths on stdin"):
         read_inputs("-", stdin=io.StringIO("\n \n"))
     with pytest.raises(InputError, match="no stdin"):

@@ -82,7 +82,9 @@ def read_inputs(
 def _folder_images(root: Path) -> list[Path]:
     found = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-        raise InputError(f"{root}: no PNG or JPEG files in the folder")
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        hint = f" (it holds folders: give one, e.g. {root / folders[0]})" if folders else ""
+        raise InputError(f"{root}: no PNG or JPEG files in the folder{hint}")
     return found
 
 
