@@ -111,6 +111,21 @@ def test_augmentation_crops_and_flips_but_keeps_the_shape() -> None:
     assert out.shape == x.shape and not torch.equal(out, x)
 
 
+def test_augmentation_is_each_images_padded_crop_flipped_or_not() -> None:
+    """The batched gathers equal cropping and flipping image by image with the same draws."""
+    count, shape = 64, (3, 12, 10)
+    x = torch.randn(count, 3 * 12 * 10)
+    out = augment(x, shape, torch.Generator().manual_seed(5)).reshape(count, *shape)
+    draws = torch.Generator().manual_seed(5)
+    offsets = torch.randint(0, 9, (count, 2), generator=draws)
+    flips = torch.rand(count, generator=draws) < 0.5
+    padded = torch.nn.functional.pad(x.reshape(count, *shape), (4, 4, 4, 4))
+    for index, ((top, left), flip) in enumerate(zip(offsets.tolist(), flips.tolist(), strict=True)):
+        crop = padded[index, :, top : top + 12, left : left + 10]
+        assert torch.equal(out[index], crop.flip(-1) if flip else crop)
+    assert 0 < int(flips.sum()) < count and len(set(map(tuple, offsets.tolist()))) > 1
+
+
 def test_rgb_and_greyscale_images_are_read_at_the_stores_shape(tmp_path: Path) -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     Image.fromarray(rgb, "RGB").save(tmp_path / "rgb.png")

@@ -165,17 +165,22 @@ def imagenet_split(root: Path, task: int, shape: tuple[int, int, int]) -> tuple[
 def augment(
     x: torch.Tensor, shape: tuple[int, int, int], generator: torch.Generator
 ) -> torch.Tensor:
-    """Random crop with zero padding 4 and horizontal flip of each image of a batch (n, C*H*W)."""
-    images = x.reshape(len(x), *shape)
-    height, width = shape[1], shape[2]
-    padded = torch.nn.functional.pad(images, (CROP_PADDING,) * 4)
-    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (len(x), 2), generator=generator)
-    flips = torch.rand(len(x), generator=generator) < 0.5
-    out = torch.empty_like(images)
-    for index, ((top, left), flip) in enumerate(zip(offsets.tolist(), flips.tolist(), strict=True)):
-        crop = padded[index, :, top : top + height, left : left + width]
-        out[index] = crop.flip(-1) if flip else crop
-    return out.reshape(len(x), -1)
+    """Random crop with zero padding 4 and horizontal flip of each image of a batch (n, C*H*W),
+    on the batch's device: two gathers (rows, then flipped or not columns) rather than a loop
+    over the images, whose two small copies an image are ~260 kernel launches a batch on a GPU
+    (the same time as the loop on the CPU)."""
+    count, (channels, height, width) = len(x), shape
+    padded = torch.nn.functional.pad(x.reshape(count, *shape), (CROP_PADDING,) * 4)
+    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (count, 2), generator=generator)
+    flips = torch.rand(count, generator=generator) < 0.5
+    steps = torch.arange(width)
+    rows = offsets[:, :1] + torch.arange(height)  # (n, H): the rows each crop takes
+    columns = offsets[:, 1:] + torch.where(flips[:, None], width - 1 - steps, steps)
+    rows, columns = rows.to(x.device), columns.to(x.device)
+    full_width = width + 2 * CROP_PADDING
+    cropped = padded.gather(2, rows[:, None, :, None].expand(count, channels, height, full_width))
+    out = cropped.gather(3, columns[:, None, None, :].expand(count, channels, height, width))
+    return out.reshape(count, -1)
 
 
 def load_disk_task(
