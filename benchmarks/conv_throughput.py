@@ -30,9 +30,11 @@ from torch import nn
 
 from supsup_cli.format.architectures import NetConfig
 from supsup_cli.format.convnets import ConvPlan
+from supsup_cli.format.rules import kept_count
 from supsup_cli.learn.data import TaskData
 from supsup_cli.learn.train import TrainConfig, autocast, initial_scores, train_mask
 from supsup_cli.model.nets import build_net
+from supsup_cli.model.radix_select import sites_topk_masks
 from supsup_cli.model.supermask import ScoreMasks
 
 
@@ -171,6 +173,36 @@ def mask_steps(config: NetConfig, rule: str, count: int) -> list[float]:
     return seconds[1:]
 
 
+def selection_times(config: NetConfig, device: torch.device, count: int) -> dict[str, float]:
+    """Median ms of making every site's top-k 0.5 mask from its scores (no gradient) on the
+    device: one torch.topk and scatter per site, against the radix selection of all sites
+    together (model/radix_select.py, what train-task uses off the CPU)."""
+    scores = [s.to(device) for s in initial_scores(config.mask_shapes, 0, None)]
+    kept = [kept_count(s.numel(), 0.5) for s in scores]
+
+    def per_site() -> list[torch.Tensor]:
+        masks = []
+        for site, k in zip(scores, kept, strict=True):
+            flat = site.abs().flatten()
+            masks.append(torch.zeros_like(flat).index_fill_(0, flat.topk(k, sorted=False)[1], 1))
+        return masks
+
+    times = {}
+    for name, make in (
+        ("per site", per_site),
+        ("together", lambda: sites_topk_masks(scores, kept)),
+    ):
+        seconds = []
+        for _ in range(count + 1):
+            started = time.perf_counter()
+            make()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - started)
+        times[name] = statistics.median(seconds[1:]) * 1e3
+    return times
+
+
 def where(device: torch.device) -> str:
     """The device in words, for the report's first line."""
     if device.type == "cuda":
@@ -189,6 +221,8 @@ def main() -> None:
     args = parser.parse_args()
     setting = Setting(torch.device(args.device), args.precision)
     config = NetConfig(args.arch, outputs=100)
+    if config.architecture.kind != "resnet":
+        parser.error("the dense baseline copies residual nets: resnet18-gem, resnet18, resnet50")
     data = random_task(config, args.batch * args.batches)
     rates, ratios = {}, {}
     for rule in ("topk", "sign"):
@@ -215,6 +249,13 @@ def main() -> None:
     for rule in ("topk", "sign"):
         print(f"| {rule} | {ratios[rule, 'dense']:.2f}x | {ratios[rule, 'dense-fused']:.2f}x |")
     step = 1e3 * args.batch / rates["dense (sign run)"]
+    picked = selection_times(config, setting.device, 12)
+    used = "numpy's introselect" if setting.device.type == "cpu" else "together"
+    print(
+        f"top-k selection alone, {len(config.mask_shapes)} sites: per site (torch.topk) "
+        f"{picked['per site']:.2f} ms, together (radix) {picked['together']:.2f} ms; "
+        f"train-task uses {used} here"
+    )
     for rule in ("topk", "sign") if setting.device.type == "cpu" else ():
         floor = statistics.median(mask_steps(config, rule, 12)) * 1e3
         print(

@@ -32,7 +32,7 @@ part() {  # part NAME SECONDS COMMAND...: its output on the screen and in OUT_DI
 }
 
 if [ "${DRY:-0}" = 1 ]; then
-    part conv-fp32 120 "$python" benchmarks/conv_throughput.py --arch conv4 --batches 3
+    part conv-fp32 120 "$python" benchmarks/conv_throughput.py --batch 4 --batches 3
     part taskid 120 "$python" benchmarks/gpu_taskid.py --device cpu --tasks 50 --repeats 1 \
         --json "$out/taskid.json"
     part cuda-check 300 "$python" benchmarks/cuda_check.py --dry-run-on-cpu --out "$scratch" \

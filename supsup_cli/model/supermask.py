@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..format.rules import check_rule, kept_count
+from .radix_select import radix_ready, sites_topk_masks
 
 
 def numpy_ready(values: torch.Tensor) -> bool:
@@ -76,6 +77,27 @@ class _SignStraightThrough(torch.autograd.Function):
         return grad
 
 
+class _SitesTopKStraightThrough(torch.autograd.Function):
+    """Every site's top-k mask in one selection (radix_select.py, for the GPU); backward as
+    _TopKStraightThrough's, times sign(score) site by site."""
+
+    @staticmethod
+    def forward(ctx, kept: tuple[int, ...], *scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(*scores)
+        return tuple(sites_topk_masks(scores, kept))
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        signs = (s.detach().sign() for s in ctx.saved_tensors)
+        return (None, *(grad * sign for grad, sign in zip(grads, signs, strict=True)))
+
+
+def topk_masks_together(scores: Sequence[torch.Tensor], kept: Sequence[int]) -> list[torch.Tensor]:
+    """Every site's top-k mask from one selection over all of them (float32 scores on one
+    device; the GPU's path), with scores_to_mask's straight-through gradient."""
+    return list(_SitesTopKStraightThrough.apply(tuple(kept), *scores))
+
+
 def scores_to_mask(scores: torch.Tensor, rule: str, density: float | None) -> torch.Tensor:
     """Binary float mask of one site; gradients reach the scores straight through (and |.|)."""
     if rule == "sign":
@@ -129,10 +151,11 @@ class ScoreMasks(nn.Module):
             check_rule(rule, kept)
 
     def forward(self) -> list[torch.Tensor]:
-        return [
-            scores_to_mask(s, self.rule, kept)
-            for s, kept in zip(self.scores, self.densities, strict=True)
-        ]
+        pairs = list(zip(self.scores, self.densities, strict=True))
+        if self.rule == "topk" and not numpy_ready(self.scores[0]) and radix_ready(self.scores):
+            kept = tuple(kept_count(s.numel(), density) for s, density in pairs)
+            return topk_masks_together(list(self.scores), kept)
+        return [scores_to_mask(s, self.rule, density) for s, density in pairs]
 
     @torch.no_grad()
     def mask_bits(self) -> np.ndarray:
