@@ -226,3 +226,11 @@ def test_a_splitcifar100_store_gets_the_reference_network_and_all_100_classes(
         "lenet-300-100 (1x28x28 inputs), 10 outputs"
         in runner.invoke(app, ["info", str(tmp_path / "d.zarr")]).stdout
     )
+
+
+def test_data_of_the_wrong_shape_names_a_network_that_takes_it(tmp_path: Path) -> None:
+    write_cifar_binary(tmp_path, per_class=1, seed=4)
+    with pytest.raises(DataSpecError, match=r"takes 1x28x28 \(a store for them: --arch resnet18"):
+        load_task("splitcifar100:0", tmp_path, (1, 28, 28))
+    with pytest.raises(DataSpecError, match=r"takes 3x32x32 images \(.*--arch conv4\)"):
+        load_task("split:0", None, (3, 32, 32))

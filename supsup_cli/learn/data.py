@@ -246,7 +246,8 @@ def load_task(
         return load_disk_task(kind_name, argument, data_root, shape, skip_bad)
     if shape != DIGITS_SHAPE:
         raise DataSpecError(
-            f"{spec} gives 1x28x28 digits; the network takes {'x'.join(map(str, shape))} images"
+            f"{spec} gives 1x28x28 digits; the network takes {'x'.join(map(str, shape))} images "
+            "(a store for them: an MLP or --arch conv4)"
         )
     source = image_source(data_root)
     classes, transform = SPEC_KINDS[kind_name].build(source, argument)

@@ -215,7 +215,8 @@ def load_disk_task(
                 raise DataSpecError(f"splitcifar100:I takes I in 0..{CIFAR_TASKS - 1}, got {task}")
             if shape != CIFAR_SHAPE:
                 raise DataSpecError(
-                    f"CIFAR-100 images are 3x32x32; the network takes {'x'.join(map(str, shape))}"
+                    f"CIFAR-100 images are 3x32x32; the network takes {'x'.join(map(str, shape))} "
+                    "(a store for them: --arch resnet18-gem, the default for splitcifar100)"
                 )
             classes = cifar_classes(task, None if not order else int(order))
             train_x, train_y, test_x, test_y = cifar100(root)
