@@ -419,11 +419,11 @@ def train_task(
         )
     data = load_task(spec, data_root, plan.net.shape, skip_bad)
     check_classes(data.classes, plan.net)
+    net = build_net(plan.net, device)
     config = replace(
-        config.for_network(plan.net.architecture.kind in CONV_KINDS),
+        config.for_network(is_conv_net(net)),  # as train_mask would, for the task's record
         init_seed=score_init_seed(plan.net.seed, plan.first_index),
     )
-    net = build_net(plan.net, device)
     scores = initial_scores(
         plan.net.mask_shapes, config.init_seed, plan.transfer_mean if config.transfer else None
     )
