@@ -33,6 +33,7 @@ from .store_commands import (
     ScheduleOpt,
     SeedOpt,
     TransferOpt,
+    creation_options,
 )
 
 if TYPE_CHECKING:  # types only: the module loads inside the command
@@ -91,7 +92,7 @@ def train_tasks_command(
     reported on one line and the others go on; the exit code is 1 if any failed. Several hosts
     may run this on one s3:// store: appends take the store's lock."""
     from ..learn.many_tasks import parse_devices, train_tasks
-    from ..learn.train import CreationOptions, TrainConfig
+    from ..learn.train import TrainConfig
 
     config = TrainConfig(
         lr=lr,
@@ -103,14 +104,7 @@ def train_tasks_command(
         schedule=schedule,
         precision=precision,
     )
-    creation = CreationOptions(
-        arch=arch,
-        outputs=outputs,
-        seed=seed,
-        mask_rule=mask_rule,
-        density=density,
-        er_scale=er_scale,
-    )
+    creation = creation_options(arch, outputs, seed, mask_rule, density, er_scale)
     pinned = parse_devices(devices)
 
     def report(task: TaskReport) -> None:

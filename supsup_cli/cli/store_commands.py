@@ -135,7 +135,8 @@ ErScaleOpt = Annotated[
 ]
 
 
-def _creation(arch, outputs, seed, mask_rule, density, er_scale=None) -> CreationOptions:
+def creation_options(arch, outputs, seed, mask_rule, density, er_scale=None) -> CreationOptions:
+    """The creation options as given (None: not given), for train-task, train-tasks and init."""
     from ..learn.train import CreationOptions
 
     return CreationOptions(
@@ -168,7 +169,7 @@ def init(
     json_out: JsonOpt = False,
 ) -> None:
     """Create an empty store (train-task also creates one when the path is new)."""
-    options = _creation(arch, outputs, seed, mask_rule, density, er_scale)
+    options = creation_options(arch, outputs, seed, mask_rule, density, er_scale)
     net, rule, kept = options.new_store_settings()
     from ..store import MaskStore
 
@@ -257,7 +258,7 @@ def train_task_command(
         schedule=schedule,
         precision=precision,
     )
-    creation = _creation(arch, outputs, seed, mask_rule, density, er_scale)
+    creation = creation_options(arch, outputs, seed, mask_rule, density, er_scale)
     rank, chosen = rank_from_env(), resolve_device(device)
     try:
         with (
